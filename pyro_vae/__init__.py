@@ -1,0 +1,49 @@
+"""pyro-vae: variational autoencoders written as Pyro programs.
+
+The model p(z) p_theta(x|z) and the guide q_phi(z|x) are Pyro programs (:class:`VAE`), trained by
+SVI on Pyro's ELBOs (:class:`SVITrainer`, :func:`make_objective`) and evaluated per data point
+(:func:`evaluate_elbo`). :func:`fit` runs a whole training job into a run folder.
+"""
+
+__version__ = "0.1.0"
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import ImageData, load_data, minibatches
+from pyro_vae.errors import UserError
+from pyro_vae.evaluation import elbo_terms, evaluate_elbo
+from pyro_vae.fit import fit, load_vae, setup, summary_table
+from pyro_vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.objectives import iwae_loss, make_objective
+from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.run import Run
+from pyro_vae.svi import KLWarmup, SVITrainer
+from pyro_vae.traces import log_densities
+from pyro_vae.vae import VAE, build_vae
+
+__all__ = [
+    "VAE",
+    "build_vae",
+    "MLPEncoder",
+    "MLPDecoder",
+    "StandardNormalPrior",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "make_objective",
+    "iwae_loss",
+    "log_densities",
+    "SVITrainer",
+    "KLWarmup",
+    "elbo_terms",
+    "evaluate_elbo",
+    "ImageData",
+    "load_data",
+    "minibatches",
+    "TrainConfig",
+    "Run",
+    "fit",
+    "setup",
+    "load_vae",
+    "summary_table",
+    "UserError",
+]

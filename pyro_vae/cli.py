@@ -1,0 +1,160 @@
+"""The `pyro-vae` command (also `python -m pyro_vae`) and the parser the examples share.
+
+Mistakes a user can make end in one line on stderr and exit code 2, never a traceback.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import BINARIZATIONS, DATASETS
+from pyro_vae.errors import UserError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.objectives import OBJECTIVES
+
+__all__ = ["main", "train_parser", "parse_train_config", "run_cli"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error prints a single line (not the usage block) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, check: Callable[[float], bool], what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{what}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{what}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, " positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, " non-negative integer")
+positive_float = _number(float, lambda v: v > 0, " positive number")
+non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a training run; defaults come from :class:`TrainConfig`."""
+    d = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding MNIST/raw or FashionMNIST/raw "
+        "(default: $PYRO_VAE_DATA_DIR, else a download cache)",
+    )
+    data.add_argument(
+        "--binarize",
+        choices=BINARIZATIONS,
+        default=d.binarize,
+        help="dynamic: resample pixels every epoch (default)",
+    )
+    data.add_argument(
+        "--val-size",
+        type=non_negative_int,
+        default=d.val_size,
+        help="training images held out for validation",
+    )
+    data.add_argument("--limit-train", type=positive_int, default=None, metavar="N")
+    data.add_argument("--limit-test", type=positive_int, default=None, metavar="N")
+    model = parser.add_argument_group("model")
+    model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
+    model.add_argument(
+        "--hidden-dims",
+        type=positive_int,
+        nargs="+",
+        default=list(d.hidden_dims),
+        metavar="H",
+        help="encoder hidden widths; the decoder mirrors them",
+    )
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--elbo",
+        choices=OBJECTIVES,
+        default=d.elbo,
+        help="trace: Trace_ELBO; meanfield: analytic KL; iwae: importance weighted",
+    )
+    train.add_argument("--num-particles", type=positive_int, default=d.num_particles)
+    train.add_argument("--beta", type=positive_float, default=d.beta, help="KL weight")
+    train.add_argument(
+        "--kl-warmup",
+        type=non_negative_float,
+        default=d.kl_warmup,
+        metavar="EPOCHS",
+        help="ramp the KL weight linearly up to beta",
+    )
+    train.add_argument("--epochs", type=positive_int, default=d.epochs)
+    train.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    train.add_argument("--lr", type=positive_float, default=d.lr)
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="run folder (default: runs/<date>-<time>-<algo>)")
+    out.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
+    out.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def train_parser(prog: str | None = None, description: str | None = None) -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=description)
+    add_train_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, algo: str = "svi") -> TrainConfig:
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    fields["hidden_dims"] = tuple(fields["hidden_dims"])
+    return TrainConfig(algo=algo, **fields)
+
+
+def parse_train_config(
+    argv: Sequence[str] | None = None, prog: str | None = None, description: str | None = None
+) -> TrainConfig:
+    """Parse training flags (as the examples do) into a :class:`TrainConfig`."""
+    return config_from_args(train_parser(prog, description).parse_args(argv))
+
+
+def run_cli(job: Callable[[], object]) -> int:
+    """Run ``job``; a :class:`UserError` becomes one line on stderr and exit code 2."""
+    try:
+        job()
+    except UserError as exc:
+        print(f"pyro-vae: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "pyro-vae: interrupted; completed epochs are saved in the run folder", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+def _train(config: TrainConfig) -> None:
+    from pyro_vae.fit import fit, summary_table
+
+    run = fit(config)
+    print(summary_table(run))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_arguments(commands.add_parser("train", help="train a VAE by SVI"))
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return run_cli(lambda: _train(config_from_args(args)))
+    return 2  # unreachable: argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

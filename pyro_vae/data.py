@@ -1,0 +1,163 @@
+"""Image data sets as resident tensors, binarization, and shuffled minibatches.
+
+Images are loaded once through torchvision into float tensors of shape (N, D) with values in
+[0, 1]; training slices minibatches out of them, so there are no per-sample Python transforms
+in the hot loop.
+
+Where the files come from, in order: ``--data-dir``, the ``PYRO_VAE_DATA_DIR`` environment
+variable, else a cache folder (``$XDG_CACHE_HOME/pyro-vae`` or ``~/.cache/pyro-vae``) into which
+torchvision downloads the data on first use. A folder named explicitly is never downloaded into.
+
+Binarization (``--binarize``):
+  - ``dynamic`` (default; the standard for likelihood results since Salakhutdinov and Murray
+    2008 and Burda et al. 2016): every epoch, each training pixel is redrawn as
+    Bernoulli(intensity). Validation and test sets are binarized once, with a fixed seed, so that
+    evaluations compare.
+  - ``static``: one binarization of every split, drawn from ``--seed``.
+  - ``none``: keep intensities in [0, 1] (use a Gaussian likelihood, not Bernoulli).
+"""
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyro_vae.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "BINARIZATIONS",
+    "ImageData",
+    "resolve_data_root",
+    "load_images",
+    "load_data",
+    "minibatches",
+]
+
+DATASETS = ("mnist", "fashion-mnist")
+BINARIZATIONS = ("dynamic", "static", "none")
+ENV_VAR = "PYRO_VAE_DATA_DIR"
+# Fixed seed for binarizing held-out splits under dynamic binarization: the same test set for
+# every run, whatever --seed is.
+EVAL_BINARIZATION_SEED = 20160601
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyro-vae"
+
+
+def resolve_data_root(data_dir: str | None = None) -> tuple[Path, bool]:
+    """The folder to read, and whether torchvision may download into it."""
+    if data_dir:
+        return Path(data_dir).expanduser(), False
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser(), False
+    return default_cache_dir(), True
+
+
+def _torchvision_class(name: str):
+    from torchvision import datasets  # imported lazily: torchvision is slow to import
+
+    if name == "mnist":
+        return datasets.MNIST
+    if name == "fashion-mnist":
+        return datasets.FashionMNIST
+    raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def load_images(name: str, train: bool, data_dir: str | None = None) -> torch.Tensor:
+    """One split of a data set as floats in [0, 1], shape (N, 28 * 28).
+
+    Raises :class:`UserError` with a one-line explanation when the files are missing, unreadable
+    or malformed, or when downloading fails (offline).
+    """
+    cls = _torchvision_class(name)
+    root, may_download = resolve_data_root(data_dir)
+    where = f"{root}/{cls.__name__}/raw"
+    hint = f"point --data-dir or {ENV_VAR} at a folder holding {cls.__name__}/raw/*-ubyte"
+    if not may_download and not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; {hint}")
+    try:
+        images = cls(str(root), train=train, download=may_download).data
+    except RuntimeError as exc:
+        if "not found" in str(exc).lower():
+            raise UserError(f"no {name} files under {where}; {hint}") from None
+        raise UserError(f"could not read {name} from {where} ({exc}); {hint}") from None
+    except (OSError, ValueError, AssertionError) as exc:
+        action = "download" if may_download else "read"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"could not {action} {name} into {where} ({reason}); {hint}") from None
+    if images.dim() != 3 or images.dtype != torch.uint8 or images.shape[0] == 0:
+        raise UserError(f"{where} does not hold {name} images (got shape {tuple(images.shape)})")
+    return images.reshape(images.shape[0], -1).float().div_(255.0)
+
+
+@dataclass
+class ImageData:
+    """Train/validation/test tensors (N, D) plus how the training set is binarized per epoch."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    val: torch.Tensor | None
+    image_shape: tuple[int, int]
+    binarize: str
+
+    @property
+    def data_dim(self) -> int:
+        return self.train.shape[1]
+
+    def train_epoch(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training tensor for one epoch: freshly binarized when binarization is dynamic."""
+        if self.binarize == "dynamic":
+            return torch.bernoulli(self.train, generator=generator)
+        return self.train
+
+
+def load_data(
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    binarize: str = "dynamic",
+    val_size: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Load a data set, hold out ``val_size`` training images, subsample, and binarize.
+
+    Subsampling and the validation split are random but fixed by ``seed``.
+    """
+    if binarize not in BINARIZATIONS:
+        choices = ", ".join(BINARIZATIONS)
+        raise UserError(f"unknown binarization {binarize!r}; choose from {choices}")
+    train = load_images(dataset, train=True, data_dir=data_dir)
+    test = load_images(dataset, train=False, data_dir=data_dir)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(train.shape[0], generator=g)
+    if val_size >= train.shape[0]:
+        raise UserError(f"--val-size {val_size} leaves no training data ({train.shape[0]} images)")
+    val = train[order[:val_size]] if val_size > 0 else None
+    train = train[order[val_size:]]
+    if limit_train is not None:
+        train = train[:limit_train]
+    if limit_test is not None:
+        test = test[torch.randperm(test.shape[0], generator=g)[:limit_test]]
+    if binarize != "none":
+        # Held-out splits get one fixed binarization; static binarizes the training set too.
+        eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+        test = torch.bernoulli(test, generator=eval_g)
+        val = torch.bernoulli(val, generator=eval_g) if val is not None else None
+        if binarize == "static":
+            train = torch.bernoulli(train, generator=g)
+    return ImageData(train=train, test=test, val=val, image_shape=(28, 28), binarize=binarize)
+
+
+def minibatches(
+    x: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Shuffled minibatches sliced from a resident tensor; the last one may be smaller."""
+    order = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        yield x[order[start : start + batch_size]]

@@ -1,0 +1,158 @@
+"""Train a VAE end to end: data, model, trainer, run folder, one row of metrics per epoch.
+
+data, vae, trainer = setup(config)
+run = Run.create(out)
+for epoch in 1..E:
+    train_loss = trainer.train_epoch(training data for this epoch)
+    test = evaluate_elbo(vae, test data)              # ELBO, recon, KL per datum
+    run.log(row); run.save_checkpoint(state)
+write_figures(...)
+"""
+
+import math
+import random
+import time
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import ImageData, load_data
+from pyro_vae.errors import UserError
+from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.objectives import make_objective
+from pyro_vae.plots import write_figures
+from pyro_vae.run import Run, default_run_dir
+from pyro_vae.svi import KLWarmup, SVITrainer
+from pyro_vae.vae import VAE, build_vae
+
+__all__ = ["fit", "setup", "load_vae", "summary_table"]
+
+
+def setup(config: TrainConfig) -> tuple[ImageData, VAE, SVITrainer, torch.Generator]:
+    """Seed every generator, load the data and build the VAE and its trainer."""
+    config.validate()
+    pyro.set_rng_seed(config.seed)  # torch, numpy and random
+    data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
+    data = load_data(
+        config.dataset,
+        config.data_dir,
+        config.binarize,
+        config.val_size,
+        config.limit_train,
+        config.limit_test,
+        config.seed,
+    )
+    vae = build_vae(data.data_dim, config.z_dim, config.hidden_dims, config.likelihood)
+    vae.to(config.device)
+    steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
+    trainer = SVITrainer(
+        vae,
+        make_objective(config.elbo, config.num_particles),
+        lr=config.lr,
+        kl_weight=KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch)),
+    )
+    return data, vae, trainer, data_rng
+
+
+def fit(config: TrainConfig) -> Run:
+    """Train as ``config`` says, writing the run folder; returns the :class:`Run`."""
+    data, vae, trainer, data_rng = setup(config)
+    run = Run.create(config.out or default_run_dir(config.algo), config.overwrite)
+    config.out = str(run.path)
+    run.write_config(config.to_dict())
+    device = torch.device(config.device)
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss = trainer.train_epoch(
+            data.train_epoch(data_rng).to(device),
+            config.batch_size,
+            data_rng,
+            progress=not config.quiet,
+            description=f"epoch {epoch}/{config.epochs}",
+        )
+        seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise UserError(
+                f"training diverged at epoch {epoch} (loss {train_loss}); "
+                "lower --lr or increase --kl-warmup"
+            )
+        test = evaluate_elbo(vae, data.test.to(device))
+        val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
+        run.log(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "test_elbo": test["elbo"],
+                "test_recon": test["recon"],
+                "test_kl": test["kl"],
+                "val_elbo": val["elbo"] if val else None,
+                "kl_weight": trainer.kl_weight(trainer.step_count - 1),
+                "seconds": seconds,
+            }
+        )
+        run.save_checkpoint(checkpoint_state(config, data, vae, trainer, epoch, data_rng))
+        if not config.quiet:
+            print(
+                f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
+                f"  KL {test['kl']:6.2f}  {seconds:6.1f}s",
+                flush=True,
+            )
+    write_figures(vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape)
+    return run
+
+
+def checkpoint_state(
+    config: TrainConfig,
+    data: ImageData,
+    vae: VAE,
+    trainer: SVITrainer,
+    epoch: int,
+    data_rng: torch.Generator,
+) -> dict:
+    """Everything needed to rebuild the model and continue training exactly."""
+    return {
+        "config": config.to_dict(),
+        "data_dim": data.data_dim,
+        "epoch": epoch,
+        "vae": vae.state_dict(),
+        "trainer": trainer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "data": data_rng.get_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+    }
+
+
+def load_vae(run_dir: str, device: str = "cpu") -> tuple[VAE, TrainConfig]:
+    """Rebuild the trained VAE of a run folder from its checkpoint."""
+    state = Run(run_dir).load_checkpoint()
+    config = TrainConfig.from_dict(state["config"])
+    vae = build_vae(state["data_dim"], config.z_dim, config.hidden_dims, config.likelihood)
+    try:
+        vae.load_state_dict(state["vae"])
+    except RuntimeError:
+        raise UserError(f"checkpoint in {run_dir} does not match its configuration") from None
+    return vae.to(device).eval(), config
+
+
+def summary_table(run: Run) -> str:
+    """A few lines that sum up a finished run."""
+    rows = run.read_metrics()
+    if not rows:
+        return f"run {run.path}: no epochs completed"
+    last = rows[-1]
+    seconds = sum(r["seconds"] for r in rows)
+    lines = [
+        ("run folder", str(run.path)),
+        ("epochs", f"{int(last['epoch'])}  ({seconds:.0f} s training)"),
+        ("train loss", f"{last['train_loss']:.2f} nats/datum"),
+        ("test ELBO", f"{last['test_elbo']:.2f} nats/datum"),
+        ("  recon", f"{last['test_recon']:.2f}"),
+        ("  KL", f"{last['test_kl']:.2f}"),
+        ("figures", str(run.figures_dir)),
+    ]
+    return "\n".join(f"{k:<12} {v}" for k, v in lines)

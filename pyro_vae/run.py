@@ -1,0 +1,133 @@
+"""A run folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``figures/``.
+
+Files are written so that an interruption never corrupts what is already there: the checkpoint
+and the config are written to a temporary file and renamed into place; metrics rows are appended
+and flushed one at a time.
+"""
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_vae.errors import UserError
+
+__all__ = ["Run", "library_versions", "default_run_dir"]
+
+CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import pyro
+    import torchvision
+
+    from pyro_vae import __version__
+
+    return {
+        "pyro_vae": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def default_run_dir(algo: str) -> Path:
+    """``runs/<date>-<time>-<algo>``, made unique if a run started in the same second."""
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{algo}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class Run:
+    """The files of one training run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    figures_dir = property(lambda self: self.path / "figures")
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> "Run":
+        """Make a new run folder; an existing non-empty one is refused unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise UserError(
+                f"--out {path} already holds files; choose another folder or pass --overwrite"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run folder {path}: {exc.strerror}") from None
+        run = cls(path)
+        run.metrics_path.unlink(missing_ok=True)
+        return run
+
+    def write_config(self, config: dict) -> None:
+        record = {**config, "versions": library_versions()}
+        _atomic_write(self.config_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+
+    def read_config(self) -> dict:
+        return json.loads(self.config_path.read_text())
+
+    def log(self, row: dict) -> None:
+        """Append one row to ``metrics.csv`` (the header is written with the first row)."""
+        new = not self.metrics_path.exists()
+        with self.metrics_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        if not self.metrics_path.exists():
+            return []
+        with self.metrics_path.open(newline="") as f:
+            return [
+                {k: float(v) if v != "" else float("nan") for k, v in r.items()}
+                for r in csv.DictReader(f)
+            ]
+
+    def save_checkpoint(self, state: dict) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+        _atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))
+
+    def load_checkpoint(self) -> dict:
+        """The checkpoint's contents; a missing, corrupt or foreign file is a :class:`UserError`."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise UserError(f"no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for truncated or foreign files
+            raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a pyro-vae checkpoint")
+        return state
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)

@@ -1,0 +1,112 @@
+"""Stochastic variational inference: one joint gradient step on phi and theta per minibatch.
+
+    for each minibatch x:
+        loss = -ELBO(x; phi, theta) / |x|            # Pyro's differentiable loss, nats/datum
+        (phi, theta) <- Adam step along -grad loss
+
+The optimizer is a single ``torch.optim.Adam`` over two named parameter groups, ``guide`` (phi)
+and ``model`` (theta), rather than ``pyro.optim``'s one optimizer per parameter; trainers that
+update the groups separately (variational EM) reuse the same split.
+"""
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.data import minibatches
+from pyro_vae.objectives import Objective
+from pyro_vae.vae import VAE
+
+__all__ = ["KLWarmup", "SVITrainer", "parameter_groups"]
+
+
+class KLWarmup:
+    """kl_weight = beta * min(1, (step + 1) / warmup_steps): a linear ramp, never exactly 0.
+
+    ``poutine.scale`` requires a positive scale, hence the ramp starts at beta / warmup_steps.
+    """
+
+    def __init__(self, beta: float = 1.0, warmup_steps: int = 0) -> None:
+        self.beta = beta
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+
+
+def parameter_groups(vae: VAE) -> list[dict]:
+    """The guide (phi) and model (theta) parameters as named optimizer groups."""
+    return [
+        {"name": "guide", "params": list(vae.guide_parameters())},
+        {"name": "model", "params": list(vae.model_parameters())},
+    ]
+
+
+class SVITrainer:
+    """Trains a :class:`~pyro_vae.vae.VAE` by SVI on a Pyro objective.
+
+    Args:
+        vae: the model and guide.
+        objective: ``loss(model, guide, x, kl_weight)`` from :func:`pyro_vae.make_objective`.
+        lr: Adam learning rate for both groups.
+        kl_weight: step -> KL weight (see :class:`KLWarmup`).
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        objective: Objective,
+        lr: float = 1e-3,
+        kl_weight: Callable[[int], float] | None = None,
+    ) -> None:
+        self.vae = vae
+        self.objective = objective
+        self.kl_weight = kl_weight or KLWarmup()
+        self.optimizer = torch.optim.Adam(parameter_groups(vae), lr=lr)
+        self.step_count = 0
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One gradient step on a minibatch; returns the loss summed over it (detached)."""
+        loss = self.objective(self.vae.model, self.vae.guide, x, self.kl_weight(self.step_count))
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / x.shape[0]).backward()
+        self.optimizer.step()
+        self.step_count += 1
+        return loss.detach()
+
+    def train_epoch(
+        self,
+        x: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        description: str = "",
+    ) -> float:
+        """One pass over ``x`` in shuffled minibatches; returns the mean loss per data point."""
+        self.vae.train()
+        total = torch.zeros(())
+        seen = 0
+        batches = tqdm(
+            minibatches(x, batch_size, generator),
+            total=-(-x.shape[0] // batch_size),
+            desc=description,
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
+        for i, xb in enumerate(batches):
+            total += self.step(xb)
+            seen += xb.shape[0]
+            if progress and i % 20 == 0:  # a host sync only for the progress bar
+                batches.set_postfix(loss=f"{total.item() / seen:.2f}")
+        return total.item() / seen
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = state["step_count"]
