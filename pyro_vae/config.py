@@ -40,7 +40,7 @@ class TrainConfig:
     num_particles: int = 1
     beta: float = 1.0
     kl_warmup: float = 0.0
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
