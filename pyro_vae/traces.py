@@ -16,6 +16,7 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["LogDensities", "log_densities"]
 
@@ -46,13 +47,13 @@ def log_densities(model, guide, x: torch.Tensor, num_samples: int = 1) -> LogDen
     log_pz = x.new_zeros(shape)
     log_qz = x.new_zeros(shape)
     for site in model_trace.nodes.values():
-        if site["type"] == "sample":
+        if site["type"] == "sample" and not site_is_subsample(site):
             lp = site["fn"].log_prob(site["value"]).expand(shape)
             if site["is_observed"]:
                 log_px = log_px + lp
             else:
                 log_pz = log_pz + lp
     for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"]:
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
             log_qz = log_qz + site["fn"].log_prob(site["value"]).expand(shape)
     return LogDensities(log_px, log_pz, log_qz)
