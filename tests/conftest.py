@@ -12,6 +12,9 @@ import pyro
 import pytest
 import torch
 
+# Tiny networks: one thread is as fast as two and keeps parallel jobs from oversubscribing.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_clean():
