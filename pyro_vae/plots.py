@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
@@ -74,6 +75,7 @@ def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     if "val_elbo" in metrics[0] and metrics[0]["val_elbo"] == metrics[0]["val_elbo"]:
         ax.plot(epochs, [m["val_elbo"] for m in metrics], "^-", label="validation ELBO")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
     ax.legend()
