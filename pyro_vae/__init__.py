@@ -7,15 +7,20 @@ SVI on Pyro's ELBOs (:class:`SVITrainer`, :func:`make_objective`) and evaluated 
 
 __version__ = "0.1.0"
 
+from pyro_vae.autoencoder import Autoencoder, train_autoencoder
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data, minibatches
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import elbo_terms, evaluate_elbo
 from pyro_vae.fit import fit, load_vae, setup, summary_table
-from pyro_vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLikelihood,
+)
+from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyro_vae.objectives import iwae_loss, make_objective
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.priors import FlowPrior, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from pyro_vae.run import Run
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.traces import log_densities
@@ -26,9 +31,17 @@ __all__ = [
     "build_vae",
     "MLPEncoder",
     "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
     "StandardNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "VampPrior",
+    "FlowPrior",
     "BernoulliLikelihood",
     "GaussianLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "Autoencoder",
+    "train_autoencoder",
     "make_objective",
     "iwae_loss",
     "log_densities",

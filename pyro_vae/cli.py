@@ -10,8 +10,10 @@ from collections.abc import Callable, Sequence
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
+from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.priors import PRIOR_HELP, parse_prior_spec
 
 __all__ = ["main", "train_parser", "parse_train_config", "run_cli"]
 
@@ -40,6 +42,19 @@ positive_int = _number(int, lambda v: v > 0, " positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, " non-negative integer")
 positive_float = _number(float, lambda v: v > 0, " positive number")
 non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
+
+
+def _spec(parse: Callable[[str], object]):
+    """An argparse type that validates a spec string with ``parse`` and keeps the string."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +93,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="encoder hidden widths; the decoder mirrors them",
     )
     model.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
+    model.add_argument(
+        "--gaussian-scale",
+        type=_spec(parse_gaussian_scale),
+        default=d.gaussian_scale,
+        metavar="MODE",
+        help=f"scale of the gaussian likelihood: {GAUSSIAN_SCALE_HELP}",
+    )
+    model.add_argument(
+        "--prior", type=_spec(parse_prior_spec), default=d.prior, metavar="SPEC", help=PRIOR_HELP
+    )
+    model.add_argument("--arch", choices=ARCHS, default=d.arch, help="encoder/decoder networks")
     train = parser.add_argument_group("training")
     train.add_argument(
         "--elbo",

@@ -13,8 +13,10 @@ import torch
 
 from pyro_vae.data import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.likelihoods import LIKELIHOODS, parse_gaussian_scale
+from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.priors import parse_prior_spec
 
 __all__ = ["TrainConfig"]
 
@@ -35,6 +37,9 @@ class TrainConfig:
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
     likelihood: str = "bernoulli"
+    prior: str = "normal"  # normal | mog:K | vamp:K | flow:L | custom (a module given to fit)
+    arch: str = "mlp"  # mlp | conv
+    gaussian_scale: str = "pixel"  # fixed:S | global | pixel | decoder
     # objective and optimisation
     elbo: str = "trace"
     num_particles: int = 1
@@ -58,6 +63,7 @@ class TrainConfig:
             "likelihood": LIKELIHOODS,
             "elbo": OBJECTIVES,
             "algo": ("svi",),
+            "arch": ARCHS,
             "device": ("cpu", "cuda"),
         }
         for name, allowed in choices.items():
@@ -76,6 +82,8 @@ class TrainConfig:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
             raise UserError("--hidden-dims needs one or more positive layer widths")
+        parse_prior_spec(self.prior)
+        parse_gaussian_scale(self.gaussian_scale)
         if self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "

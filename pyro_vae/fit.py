@@ -12,17 +12,21 @@ write_figures(...)
 import math
 import random
 import time
+import warnings
 
 import numpy as np
 import pyro
 import torch
+from torch import nn
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.likelihoods import check_data
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
+from pyro_vae.priors import has_closed_form_kl
 from pyro_vae.run import Run, default_run_dir
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.vae import VAE, build_vae
@@ -30,8 +34,16 @@ from pyro_vae.vae import VAE, build_vae
 __all__ = ["fit", "setup", "load_vae", "summary_table"]
 
 
-def setup(config: TrainConfig) -> tuple[ImageData, VAE, SVITrainer, torch.Generator]:
-    """Seed every generator, load the data and build the VAE and its trainer."""
+def setup(
+    config: TrainConfig, prior: nn.Module | None = None
+) -> tuple[ImageData, VAE, SVITrainer, torch.Generator]:
+    """Seed every generator, load the data and build the VAE and its trainer.
+
+    ``prior``: a prior module of the user's own (see :mod:`pyro_vae.priors` for the protocol)
+    used instead of ``config.prior``, which is then recorded as ``"custom"``.
+    """
+    if prior is not None:
+        config.prior = "custom"
     config.validate()
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
@@ -44,7 +56,14 @@ def setup(config: TrainConfig) -> tuple[ImageData, VAE, SVITrainer, torch.Genera
         config.limit_test,
         config.seed,
     )
-    vae = build_vae(data.data_dim, config.z_dim, config.hidden_dims, config.likelihood)
+    vae = _build(config, data.data_dim, prior, data.image_shape)
+    _check_data(vae, data)
+    if config.elbo == "meanfield" and not has_closed_form_kl(vae.prior, config.z_dim):
+        warnings.warn(
+            f"--elbo meanfield: prior {config.prior!r} has no closed-form KL to the guide; "
+            "Pyro uses the Monte Carlo estimate (as --elbo trace does)",
+            stacklevel=2,
+        )
     vae.to(config.device)
     steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
     trainer = SVITrainer(
@@ -56,9 +75,39 @@ def setup(config: TrainConfig) -> tuple[ImageData, VAE, SVITrainer, torch.Genera
     return data, vae, trainer, data_rng
 
 
-def fit(config: TrainConfig) -> Run:
-    """Train as ``config`` says, writing the run folder; returns the :class:`Run`."""
-    data, vae, trainer, data_rng = setup(config)
+def _build(
+    config: TrainConfig, data_dim: int, prior: nn.Module | None, image_shape=(28, 28)
+) -> VAE:
+    return build_vae(
+        data_dim,
+        config.z_dim,
+        config.hidden_dims,
+        config.likelihood,
+        prior=config.prior if prior is None else prior,
+        arch=config.arch,
+        gaussian_scale=config.gaussian_scale,
+        image_shape=image_shape,
+    )
+
+
+def _check_data(vae: VAE, data: ImageData) -> None:
+    """Reject data outside the likelihood's support once, before training.
+
+    Under dynamic binarization the stored training set holds intensities and every epoch draws
+    binary pixels from them, so it is checked as one such draw would be.
+    """
+    train = data.train.ceil() if data.binarize == "dynamic" else data.train
+    for x in (train, data.test, data.val):
+        if x is not None:
+            check_data(vae.likelihood, x)
+
+
+def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
+    """Train as ``config`` says, writing the run folder; returns the :class:`Run`.
+
+    ``prior``: optionally a prior module of the user's own (see :func:`setup`).
+    """
+    data, vae, trainer, data_rng = setup(config, prior)
     run = Run.create(config.out or default_run_dir(config.algo), config.overwrite)
     config.out = str(run.path)
     run.write_config(config.to_dict())
@@ -127,11 +176,19 @@ def checkpoint_state(
     }
 
 
-def load_vae(run_dir: str, device: str = "cpu") -> tuple[VAE, TrainConfig]:
-    """Rebuild the trained VAE of a run folder from its checkpoint."""
+def load_vae(
+    run_dir: str, device: str = "cpu", prior: nn.Module | None = None
+) -> tuple[VAE, TrainConfig]:
+    """Rebuild the trained VAE of a run folder from its checkpoint.
+
+    A run trained with a prior module of the user's own needs a fresh instance of it as
+    ``prior``; its learned parameters are then loaded from the checkpoint.
+    """
     state = Run(run_dir).load_checkpoint()
     config = TrainConfig.from_dict(state["config"])
-    vae = build_vae(state["data_dim"], config.z_dim, config.hidden_dims, config.likelihood)
+    if config.prior == "custom" and prior is None:
+        raise UserError(f"{run_dir} was trained with a custom prior; pass load_vae(..., prior=...)")
+    vae = _build(config, state["data_dim"], prior)
     try:
         vae.load_state_dict(state["vae"])
     except RuntimeError:

@@ -1,8 +1,30 @@
 """Likelihoods p_theta(x|z): turn the decoder's output into a distribution over a data point.
 
-A likelihood is an ``nn.Module`` mapping decoder outputs of shape (..., D) to a Pyro distribution
-with event dimension 1. It may own parameters (the Gaussian's learned scale), which then belong
-to the model side (theta).
+The likelihood protocol
+-----------------------
+A likelihood is an ``nn.Module`` with
+
+- ``forward(params)``: decoder output of shape (..., params_per_dim * D) -> a Pyro distribution
+  with event shape (D,);
+- ``mean(params)``: the mean of p(x|z), shape (..., D), for reconstructions and samples;
+- ``params_per_dim`` (int attribute, default 1): how many decoder outputs per data dimension
+  (2 for a Gaussian whose scale the decoder predicts: the first D are the means, the last D
+  the scales before a softplus);
+- ``check_data(x)`` (optional): raise :class:`~pyro_vae.errors.UserError` when ``x`` lies outside
+  the support, e.g. non-binary data under a Bernoulli. It is called once on the data before
+  training (:func:`check_data`), never in the training loop.
+
+Parameters the likelihood owns (a learned Gaussian scale) are model-side parameters (theta).
+
+Built in, by ``--likelihood``:
+
+- ``bernoulli``: x_d ~ Bernoulli(sigmoid(logits_d)), binary data only.
+- ``gaussian``: x_d ~ N(loc_d, sigma_d^2) with the scale chosen by ``--gaussian-scale``:
+  ``fixed:S`` (sigma = S, not learned), ``global`` (one learned sigma), ``pixel`` (one learned
+  sigma per pixel, the default) or ``decoder`` (sigma_d(z) predicted by the decoder, the
+  N(mu(z), sigma(z)^2) of the seed slides).
+- ``continuous-bernoulli``: the continuous Bernoulli of Loaiza-Ganem and Cunningham (2019), a
+  proper density on [0, 1] for grey-level data without binarizing.
 """
 
 import math
@@ -12,13 +34,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BernoulliLikelihood", "GaussianLikelihood", "make_likelihood", "LIKELIHOODS"]
+from pyro_vae.errors import UserError
+
+__all__ = [
+    "LIKELIHOODS",
+    "GAUSSIAN_SCALE_HELP",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "parse_gaussian_scale",
+    "make_likelihood",
+    "check_data",
+]
+
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
+GAUSSIAN_SCALE_HELP = "fixed:S (S > 0), global, pixel or decoder"
+
+
+def _check_range(x: torch.Tensor, name: str, hint: str) -> None:
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise UserError(f"the {name} likelihood needs data in [0, 1]; {hint}")
 
 
 class BernoulliLikelihood(nn.Module):
     """x_d ~ Bernoulli(sigmoid(logits_d)): for binary data only (binarize MNIST first)."""
 
-    requires_binary_data = True
+    params_per_dim = 1
 
     def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=logits).to_event(1)
@@ -27,42 +68,112 @@ class BernoulliLikelihood(nn.Module):
         """Pixel probabilities, the picture of p(x|z) that figures show."""
         return torch.sigmoid(logits)
 
+    def check_data(self, x: torch.Tensor) -> None:
+        if not ((x == 0) | (x == 1)).all():
+            raise UserError(
+                "the bernoulli likelihood needs binary data (0 or 1): use --binarize "
+                "dynamic|static, or --likelihood continuous-bernoulli|gaussian for intensities"
+            )
+
 
 class GaussianLikelihood(nn.Module):
-    """x ~ N(loc(z), diag sigma^2) with sigma a learned per-pixel scale shared by all data points.
+    """x ~ N(loc(z), diag sigma^2), with sigma fixed, learned (global or per pixel) or decoded.
 
-    ``sigma = softplus(raw) + min_scale``; the floor keeps the density bounded on pixels that are
-    constant in the data (MNIST's border), where an unbounded sigma -> 0 would dominate the loss.
+    Learned and decoded scales are ``softplus(raw) + min_scale``; the floor keeps the density
+    bounded on pixels that are constant in the data (MNIST's border), where an unbounded
+    sigma -> 0 would dominate the loss.
+
+    Args:
+        data_dim: D.
+        scale: ``"fixed:S"``, ``"global"``, ``"pixel"`` or ``"decoder"``.
+        init_scale: the starting sigma of the learned modes.
+        min_scale: the floor of learned and decoded scales.
     """
 
-    requires_binary_data = False
-
-    def __init__(self, data_dim: int, init_scale: float = 0.5, min_scale: float = 0.01) -> None:
+    def __init__(
+        self, data_dim: int, scale: str = "pixel", init_scale: float = 0.5, min_scale: float = 0.01
+    ) -> None:
         super().__init__()
+        self.mode, fixed = parse_gaussian_scale(scale)
         if not init_scale > min_scale:
             raise ValueError("init_scale must exceed min_scale")
-        raw = math.log(math.expm1(init_scale - min_scale))  # inverse softplus
-        self.raw_scale = nn.Parameter(torch.full((data_dim,), raw))
         self.min_scale = min_scale
+        self.params_per_dim = 2 if self.mode == "decoder" else 1
+        raw = math.log(math.expm1(init_scale - min_scale))  # inverse softplus
+        if self.mode == "fixed":
+            self.register_buffer("fixed_scale", torch.tensor(fixed))
+        elif self.mode in ("global", "pixel"):
+            size = (1,) if self.mode == "global" else (data_dim,)
+            self.raw_scale = nn.Parameter(torch.full(size, raw))
 
-    @property
-    def scale(self) -> torch.Tensor:
-        return F.softplus(self.raw_scale) + self.min_scale
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "decoder":
+            loc, raw = params.chunk(2, dim=-1)
+            return loc, F.softplus(raw) + self.min_scale
+        if self.mode == "fixed":
+            return params, self.fixed_scale.expand_as(params)
+        return params, (F.softplus(self.raw_scale) + self.min_scale).expand_as(params)
 
-    def forward(self, loc: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(loc, self.scale).to_event(1)
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        loc, scale = self._split(params)
+        return dist.Normal(loc, scale).to_event(1)
 
-    def mean(self, loc: torch.Tensor) -> torch.Tensor:
-        return loc.clamp(0.0, 1.0)
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self._split(params)[0].clamp(0.0, 1.0)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise UserError("the gaussian likelihood needs finite data (found NaN or inf)")
 
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+class ContinuousBernoulliLikelihood(nn.Module):
+    """x_d ~ ContinuousBernoulli(sigmoid(logits_d)) on [0, 1] (Loaiza-Ganem and Cunningham 2019).
+
+    Unlike a Bernoulli on grey levels, this is a normalised density on [0, 1]: it adds the
+    log-normaliser log C(lambda) that the Bernoulli "likelihood" on non-binary data leaves out.
+    Its mean is not sigmoid(logits); figures use the true mean.
+    """
+
+    params_per_dim = 1
+
+    def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=logits).to_event(1)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=logits).mean
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_range(x, "continuous-bernoulli", "rescale the data or use --likelihood gaussian")
 
 
-def make_likelihood(name: str, data_dim: int) -> nn.Module:
+def parse_gaussian_scale(spec: str) -> tuple[str, float]:
+    """``"fixed:0.1"`` -> ``("fixed", 0.1)``; other modes -> ``(mode, 0.0)``."""
+    if spec in ("global", "pixel", "decoder"):
+        return spec, 0.0
+    kind, _, number = spec.partition(":")
+    if kind == "fixed":
+        try:
+            value = float(number)
+        except ValueError:
+            value = float("nan")
+        if math.isfinite(value) and value > 0:
+            return kind, value
+    raise UserError(f"bad gaussian scale {spec!r}; use {GAUSSIAN_SCALE_HELP}")
+
+
+def make_likelihood(name: str, data_dim: int, gaussian_scale: str = "pixel") -> nn.Module:
     """Build a likelihood by its command-line name."""
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":
-        return GaussianLikelihood(data_dim)
-    raise ValueError(f"unknown likelihood {name!r}; choose from {', '.join(LIKELIHOODS)}")
+        return GaussianLikelihood(data_dim, gaussian_scale)
+    if name == "continuous-bernoulli":
+        return ContinuousBernoulliLikelihood()
+    raise UserError(f"unknown likelihood {name!r}; choose from {', '.join(LIKELIHOODS)}")
+
+
+def check_data(likelihood: nn.Module, x: torch.Tensor) -> None:
+    """Reject ``x`` outside the likelihood's support (once, before training), if it can tell."""
+    check = getattr(likelihood, "check_data", None)
+    if check is not None:
+        check(x)

@@ -2,8 +2,14 @@
 
 The encoder maps x of shape (batch, D) to the parameters (loc, scale) of the diagonal Gaussian
 q(z|x), each of shape (batch, z_dim). The decoder maps z of shape (..., z_dim) to the
-likelihood's parameters, shape (..., D); leading dimensions are free so that Pyro can stack
-several particles in front of the batch.
+likelihood's parameters, shape (..., P * D) where P is the likelihood's ``params_per_dim``
+(1, or 2 for a decoder-predicted Gaussian scale); leading dimensions are free so that Pyro can
+stack several particles in front of the batch.
+
+Any ``nn.Module`` with these signatures can be passed to :class:`~pyro_vae.vae.VAE`;
+:func:`check_networks` runs both once on a dummy batch and names the expected shapes when they
+do not match. Built in (``--arch``): the MLP pair, and a small convolutional pair for 28 x 28
+images (two stride-2 convolutions each way).
 """
 
 from collections.abc import Sequence
@@ -12,7 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLPEncoder", "MLPDecoder", "mlp"]
+from pyro_vae.errors import UserError
+
+__all__ = [
+    "ARCHS",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "mlp",
+    "check_networks",
+]
+
+ARCHS = ("mlp", "conv")
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -53,3 +71,121 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class ConvEncoder(nn.Module):
+    """q_phi(z|x) for h x w images: two 4x4 stride-2 convolutions, then a linear layer.
+
+    x (batch, h * w) -> (loc, scale), each (batch, z_dim); h and w must be divisible by 4.
+    """
+
+    def __init__(
+        self, image_shape: tuple[int, int], z_dim: int, channels: int = 32, min_scale: float = 1e-4
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        h, w = self.image_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * channels * (h // 4) * (w // 4), 2 * z_dim),
+        )
+        self.min_scale = min_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.net(x.reshape(-1, 1, *self.image_shape)).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + self.min_scale
+
+
+class ConvDecoder(nn.Module):
+    """z (..., z_dim) -> likelihood parameters (..., out_channels * h * w), mirroring ConvEncoder.
+
+    Leading dimensions (particles, batch) are flattened into one batch for the convolutions and
+    restored afterwards; with ``out_channels`` 2 the first h * w outputs are channel 0.
+    """
+
+    def __init__(
+        self, z_dim: int, image_shape: tuple[int, int], out_channels: int = 1, channels: int = 32
+    ) -> None:
+        super().__init__()
+        h, w = self.image_shape = tuple(image_shape)
+        self.hidden_shape = (2 * channels, h // 4, w // 4)
+        self.net = nn.Sequential(
+            nn.Linear(z_dim, 2 * channels * (h // 4) * (w // 4)),
+            nn.ReLU(),
+            nn.Unflatten(1, self.hidden_shape),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z.reshape(-1, z.shape[-1]))
+        return out.reshape(*z.shape[:-1], -1)
+
+
+def check_networks(
+    encoder: nn.Module, decoder: nn.Module, data_dim: int, z_dim: int, out_dim: int
+) -> None:
+    """Run the networks once on a dummy batch; wrong output shapes raise a :class:`UserError`.
+
+    Expected: encoder x (batch, data_dim) -> (loc, scale), each (batch, z_dim); decoder
+    z (particles, batch, z_dim) -> (particles, batch, out_dim). Modules are put in eval mode for
+    the check (no batch-norm statistics updated) and restored afterwards.
+    """
+    modes = [(m, m.training) for m in (encoder, decoder)]
+    try:
+        for m, _ in modes:
+            m.eval()
+        with torch.no_grad():
+            _check_encoder(encoder, data_dim, z_dim)
+            _check_decoder(decoder, z_dim, out_dim)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.zeros(())).device
+
+
+def _call(net: nn.Module, x: torch.Tensor, expected: str):
+    try:
+        return net(x)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        name = type(net).__name__
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{name} failed on an input of shape {tuple(x.shape)} (expected to return "
+            f"{expected}): {reason}"
+        ) from None
+
+
+def _check_encoder(encoder: nn.Module, data_dim: int, z_dim: int) -> None:
+    batch = 3
+    expected = f"(loc, scale), each of shape ({batch}, {z_dim})"
+    out = _call(encoder, torch.zeros(batch, data_dim, device=_device(encoder)), expected)
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise UserError(
+            f"the encoder must map x ({batch}, {data_dim}) to {expected}; got {type(out).__name__}"
+        )
+    shapes = [tuple(t.shape) if torch.is_tensor(t) else type(t).__name__ for t in out]
+    if any(s != (batch, z_dim) for s in shapes):
+        raise UserError(
+            f"the encoder must map x ({batch}, {data_dim}) to {expected}; got shapes {shapes}"
+        )
+
+
+def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> None:
+    lead = (2, 3)  # particles x batch: the decoder must accept any leading dimensions
+    expected = f"parameters of shape {(*lead, out_dim)}"
+    out = _call(decoder, torch.zeros(*lead, z_dim, device=_device(decoder)), expected)
+    got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+    if got != (*lead, out_dim):
+        raise UserError(
+            f"the decoder must map z {(*lead, z_dim)} to likelihood parameters of shape "
+            f"{(*lead, out_dim)} (leading dimensions kept); got {got}"
+        )

@@ -18,9 +18,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from pyro_vae.errors import UserError
 from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.networks import MLPDecoder, MLPEncoder
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_networks
+from pyro_vae.priors import make_prior
 
 __all__ = ["VAE", "build_vae"]
 
@@ -30,22 +31,48 @@ class VAE(nn.Module):
 
     Args:
         encoder: x (batch, D) -> (loc, scale) of q(z|x), each (batch, z_dim).
-        decoder: z (..., z_dim) -> likelihood parameters (..., D).
-        prior: module whose ``forward()`` returns p(z), event dim 1.
-        likelihood: module mapping decoder output to p(x|z), event dim 1.
+        decoder: z (..., z_dim) -> likelihood parameters (..., P * D), P the likelihood's
+            ``params_per_dim`` (default 1).
+        prior: module whose ``forward()`` returns p(z), event dim 1 (see :mod:`pyro_vae.priors`).
+        likelihood: module mapping decoder output to p(x|z), event dim 1
+            (see :mod:`pyro_vae.likelihoods`).
+        data_dim: D; when given, the networks are run once on a dummy batch and wrong output
+            shapes raise a :class:`~pyro_vae.errors.UserError` naming the expected shapes.
 
     The parameters split into the guide side (phi: the encoder) and the model side (theta:
-    decoder, prior, likelihood); trainers optimise them as separate parameter groups.
+    decoder, prior, likelihood); trainers optimise them as separate parameter groups. A prior
+    that reuses the encoder (VampPrior) holds it by reference, so phi and theta stay disjoint.
     """
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        data_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
         self.likelihood = likelihood
+        if data_dim is not None:
+            self.check_shapes(data_dim)
+
+    def check_shapes(self, data_dim: int) -> None:
+        """Check encoder, prior and decoder against each other on a dummy batch (once)."""
+        event_shape = tuple(self.prior().event_shape)
+        if len(event_shape) != 1:
+            raise UserError(f"the prior must have event shape (z_dim,); got {event_shape}")
+        out_dim = getattr(self.likelihood, "params_per_dim", 1) * data_dim
+        check_networks(self.encoder, self.decoder, data_dim, event_shape[0], out_dim)
+        guide_ids = {id(p) for p in self.guide_parameters()}
+        if any(id(p) in guide_ids for p in self.model_parameters()):
+            raise UserError(
+                "a parameter is on both the guide and the model side: a prior that reuses the "
+                "encoder must hold it by reference, not as a submodule (see VampPrior)"
+            )
 
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
@@ -106,11 +133,32 @@ def build_vae(
     z_dim: int = 50,
     hidden_dims: tuple[int, ...] = (400,),
     likelihood: str = "bernoulli",
+    prior: str | nn.Module = "normal",
+    arch: str = "mlp",
+    gaussian_scale: str = "pixel",
+    image_shape: tuple[int, int] = (28, 28),
 ) -> VAE:
-    """The default VAE: MLP encoder and decoder (mirrored hidden sizes), N(0, I) prior."""
-    return VAE(
-        encoder=MLPEncoder(data_dim, hidden_dims, z_dim),
-        decoder=MLPDecoder(z_dim, tuple(reversed(hidden_dims)), data_dim),
-        prior=StandardNormalPrior(z_dim),
-        likelihood=make_likelihood(likelihood, data_dim),
-    )
+    """A VAE from command-line names: by default MLP encoder and decoder, N(0, I) prior.
+
+    ``prior`` is a ``--prior`` spec (``normal``, ``mog:K``, ``vamp:K``, ``flow:L``) or a prior
+    module of the user's own; ``arch`` is ``mlp`` (mirrored ``hidden_dims``) or ``conv``
+    (``image_shape`` images; ``hidden_dims`` unused).
+    """
+    lik = make_likelihood(likelihood, data_dim, gaussian_scale)
+    out_dim = lik.params_per_dim * data_dim
+    if arch == "mlp":
+        encoder = MLPEncoder(data_dim, hidden_dims, z_dim)
+        decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), out_dim)
+    elif arch == "conv":
+        if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:
+            raise UserError("--arch conv needs h x w images with h, w divisible by 4, D = h * w")
+        encoder = ConvEncoder(image_shape, z_dim)
+        decoder = ConvDecoder(z_dim, image_shape, out_channels=lik.params_per_dim)
+    else:
+        raise UserError(f"unknown arch {arch!r}; choose from mlp, conv")
+    if isinstance(prior, str):
+        prior = make_prior(prior, z_dim, encoder, data_dim)
+    elif tuple(prior().event_shape) != (z_dim,):
+        shape = tuple(prior().event_shape)
+        raise UserError(f"the prior's event shape is {shape} but --z-dim is {z_dim}")
+    return VAE(encoder, decoder, prior, lik, data_dim=data_dim)
