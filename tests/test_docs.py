@@ -1,4 +1,8 @@
-"""Python code in the documentation runs, so it cannot rot."""
+"""Python code in the documentation runs, so it cannot rot.
+
+Every ```python block in docs/*.md is executed. Excerpts that cannot run on their own (a
+fragment of an example script, which its own test runs) are fenced as ```py instead.
+"""
 
 import re
 from pathlib import Path
