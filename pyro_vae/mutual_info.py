@@ -7,8 +7,9 @@ He et al. (2019, "Lagging inference networks and posterior collapse", eq. 5 and 
     log q(z) ~= logsumexp_n log q(z | x_n) - log N      (aggregate posterior over the batch),
 
 with the first term in closed form (a diagonal Gaussian's negative entropy) and one z ~ q(z|x_m)
-per data point for the second. The estimate lies in [0, log N]; a collapsed encoder
-(q(z|x) = q(z) for every x) gives about 0. Minibatch estimates are averaged, weighted by size.
+per data point for the second. Up to Monte Carlo error (one z per data point, so small
+negative values occur) the estimate lies in [0, log N]; a collapsed encoder (q(z|x) = q(z) for
+every x) gives about 0. Minibatch estimates are averaged, weighted by size.
 """
 
 import math
