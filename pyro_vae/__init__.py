@@ -10,14 +10,16 @@ __version__ = "0.1.0"
 from pyro_vae.autoencoder import Autoencoder, train_autoencoder
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data, minibatches
+from pyro_vae.em import EMTrainer
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import elbo_terms, evaluate_elbo
-from pyro_vae.fit import fit, load_vae, setup, summary_table
+from pyro_vae.fit import fit, load_vae, make_trainer, setup, summary_table
 from pyro_vae.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
 )
+from pyro_vae.mutual_info import mutual_information
 from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyro_vae.objectives import iwae_loss, make_objective
 from pyro_vae.priors import FlowPrior, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
@@ -47,6 +49,9 @@ __all__ = [
     "log_densities",
     "SVITrainer",
     "KLWarmup",
+    "EMTrainer",
+    "make_trainer",
+    "mutual_information",
     "elbo_terms",
     "evaluate_elbo",
     "ImageData",

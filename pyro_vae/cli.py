@@ -7,15 +7,24 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_vae.config import TrainConfig
+from pyro_vae.config import ALGOS, TrainConfig
 from pyro_vae.data import BINARIZATIONS, DATASETS
+from pyro_vae.em import E_RULES
 from pyro_vae.errors import UserError
 from pyro_vae.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.priors import PRIOR_HELP, parse_prior_spec
 
-__all__ = ["main", "train_parser", "parse_train_config", "run_cli"]
+__all__ = [
+    "main",
+    "train_parser",
+    "parse_train_config",
+    "run_cli",
+    "add_train_arguments",
+    "add_compare_arguments",
+    "compare_parser",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -125,6 +134,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=positive_float, default=d.lr)
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    train.add_argument(
+        "--algo", choices=ALGOS, default=d.algo, help="svi: joint steps; em: variational EM"
+    )
+    em = parser.add_argument_group("variational EM (--algo em)")
+    em.add_argument(
+        "--e-rule",
+        choices=E_RULES,
+        default=d.e_rule,
+        help="when an E-step stops: fixed K steps, converge (He et al. 2019), "
+        "aggressive (converge until validation MI stops improving, then SVI)",
+    )
+    em.add_argument("--e-steps", type=positive_int, default=d.e_steps, metavar="K")
+    em.add_argument(
+        "--e-check", type=positive_int, default=d.e_check, help="converge: window of steps"
+    )
+    em.add_argument("--e-max", type=positive_int, default=d.e_max, help="converge: step cap")
+    em.add_argument("--patience", type=positive_int, default=d.patience, help="aggressive: epochs")
+    em.add_argument("--e-lr", type=positive_float, default=None, help="default: --lr")
+    em.add_argument("--m-lr", type=positive_float, default=None, help="default: --lr")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run folder (default: runs/<date>-<time>-<algo>)")
     out.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
@@ -140,14 +168,21 @@ def train_parser(prog: str | None = None, description: str | None = None) -> One
 def config_from_args(args: argparse.Namespace, algo: str = "svi") -> TrainConfig:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
-    return TrainConfig(algo=algo, **fields)
+    fields.setdefault("algo", algo)
+    return TrainConfig(**fields)
 
 
 def parse_train_config(
-    argv: Sequence[str] | None = None, prog: str | None = None, description: str | None = None
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    algo: str = "svi",
 ) -> TrainConfig:
-    """Parse training flags (as the examples do) into a :class:`TrainConfig`."""
-    return config_from_args(train_parser(prog, description).parse_args(argv))
+    """Parse training flags (as the examples do) into a :class:`TrainConfig`; ``algo`` is the
+    default of ``--algo``."""
+    parser = train_parser(prog, description)
+    parser.set_defaults(algo=algo)
+    return config_from_args(parser.parse_args(argv))
 
 
 def run_cli(job: Callable[[], object]) -> int:
@@ -172,13 +207,56 @@ def _train(config: TrainConfig) -> None:
     print(summary_table(run))
 
 
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training flags, with ``--algo`` and ``--e-rule`` taking lists: one run per
+    algorithm, and one EM run per E-step rule. ``parser`` must be made with
+    ``conflict_handler="resolve"`` (the list flags replace the single-valued ones)."""
+    add_train_arguments(parser)
+    parser.add_argument(
+        "--algo", choices=ALGOS, nargs="+", default=list(ALGOS), help="algorithms to compare"
+    )
+    parser.add_argument(
+        "--e-rule",
+        choices=E_RULES,
+        nargs="+",
+        default=[TrainConfig().e_rule],
+        help="one EM run per rule",
+    )
+    parser.add_argument(
+        "--out", default=None, help="comparison folder (default: runs/<date>-<time>-compare)"
+    )
+
+
+def compare_parser(prog: str | None = None, description: str | None = None) -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=description, conflict_handler="resolve")
+    add_compare_arguments(parser)
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pyro_vae.compare import compare, compare_configs
+
+    result = compare(compare_configs(args), args.out)
+    print(result.markdown)
+    print(f"figure: {result.figure}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train_arguments(commands.add_parser("train", help="train a VAE by SVI"))
+    add_train_arguments(commands.add_parser("train", help="train a VAE by SVI or variational EM"))
+    add_compare_arguments(
+        commands.add_parser(
+            "compare",
+            help="train SVI and variational EM on the same problem and compare them",
+            conflict_handler="resolve",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args)))
+    if args.command == "compare":
+        return run_cli(lambda: _compare(args))
     return 2  # unreachable: argparse rejects unknown commands
 
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.data import BINARIZATIONS, DATASETS
+from pyro_vae.em import E_RULES
 from pyro_vae.errors import UserError
 from pyro_vae.likelihoods import LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.priors import parse_prior_spec
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "ALGOS"]
+
+ALGOS = ("svi", "em")
 
 
 @dataclass
@@ -50,6 +53,14 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    # variational EM (--algo em; see pyro_vae/em.py)
+    e_rule: str = "converge"
+    e_steps: int = 5
+    e_check: int = 10
+    e_max: int = 100
+    patience: int = 1
+    e_lr: float | None = None
+    m_lr: float | None = None
     # run folder and output
     out: str | None = None
     overwrite: bool = False
@@ -62,7 +73,8 @@ class TrainConfig:
             "binarize": BINARIZATIONS,
             "likelihood": LIKELIHOODS,
             "elbo": OBJECTIVES,
-            "algo": ("svi",),
+            "algo": ALGOS,
+            "e_rule": E_RULES,
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
         }
@@ -72,12 +84,15 @@ class TrainConfig:
                     f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}"
                 )
         positive = ["z_dim", "num_particles", "epochs", "batch_size", "lr", "beta"]
+        positive += ["e_steps", "e_check", "e_max", "patience"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "e_lr", "m_lr"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
+        if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
+            raise UserError("--e-rule aggressive measures mutual information on --val-size N > 0")
         if self.val_size < 0 or self.kl_warmup < 0:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:

@@ -21,6 +21,7 @@ from torch import nn
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data
+from pyro_vae.em import EMTrainer
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.likelihoods import check_data
@@ -31,12 +32,12 @@ from pyro_vae.run import Run, default_run_dir
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.vae import VAE, build_vae
 
-__all__ = ["fit", "setup", "load_vae", "summary_table"]
+__all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table"]
 
 
 def setup(
     config: TrainConfig, prior: nn.Module | None = None
-) -> tuple[ImageData, VAE, SVITrainer, torch.Generator]:
+) -> tuple[ImageData, VAE, SVITrainer | EMTrainer, torch.Generator]:
     """Seed every generator, load the data and build the VAE and its trainer.
 
     ``prior``: a prior module of the user's own (see :mod:`pyro_vae.priors` for the protocol)
@@ -65,14 +66,37 @@ def setup(
             stacklevel=2,
         )
     vae.to(config.device)
+    return data, vae, make_trainer(config, vae, data), data_rng
+
+
+def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> SVITrainer | EMTrainer:
+    """The trainer ``--algo`` names, with the objective, learning rates and KL schedule."""
     steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
-    trainer = SVITrainer(
+    objective = make_objective(config.elbo, config.num_particles)
+    kl_weight = KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch))
+    if config.algo == "svi":
+        return SVITrainer(vae, objective, lr=config.lr, kl_weight=kl_weight)
+    return EMTrainer(
         vae,
-        make_objective(config.elbo, config.num_particles),
-        lr=config.lr,
-        kl_weight=KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch)),
+        objective,
+        e_rule=config.e_rule,
+        e_steps=config.e_steps,
+        e_check=config.e_check,
+        e_max=config.e_max,
+        patience=config.patience,
+        e_lr=config.e_lr or config.lr,
+        m_lr=config.m_lr or config.lr,
+        kl_weight=kl_weight,
+        mi_data=data.val.to(config.device) if data.val is not None else None,
     )
-    return data, vae, trainer, data_rng
+
+
+def update_counts(trainer: SVITrainer | EMTrainer) -> dict:
+    """Encoder and decoder updates so far and this epoch's E-step steps (none for SVI)."""
+    if isinstance(trainer, EMTrainer):
+        return trainer.epoch_record()
+    n = trainer.step_count
+    return {"encoder_updates": n, "decoder_updates": n, "inner_steps": 0}
 
 
 def _build(
@@ -139,6 +163,7 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
                 "val_elbo": val["elbo"] if val else None,
                 "kl_weight": trainer.kl_weight(trainer.step_count - 1),
                 "seconds": seconds,
+                **update_counts(trainer),
             }
         )
         run.save_checkpoint(checkpoint_state(config, data, vae, trainer, epoch, data_rng))
@@ -156,7 +181,7 @@ def checkpoint_state(
     config: TrainConfig,
     data: ImageData,
     vae: VAE,
-    trainer: SVITrainer,
+    trainer: SVITrainer | EMTrainer,
     epoch: int,
     data_rng: torch.Generator,
 ) -> dict:

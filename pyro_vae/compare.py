@@ -1,0 +1,186 @@
+"""SVI against variational EM on one problem: same data, seed, architecture, prior, likelihood
+and number of epochs (so the same number of decoder updates), each in its own run folder.
+
+    out/
+      svi/ em-converge/ ...         one ordinary run folder per algorithm (and E-step rule)
+      comparison.png                test ELBO against wall-clock seconds and against epochs
+      comparison.md, comparison.csv the final numbers, one row per run
+
+The final evaluations of the table are the functions in :data:`EVALUATIONS` (name -> function
+of the trained VAE and the test data); add estimators there (e.g. active units) to get columns.
+"""
+
+import argparse
+import csv
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vae.config import TrainConfig  # noqa: E402
+from pyro_vae.data import load_data  # noqa: E402
+from pyro_vae.errors import UserError  # noqa: E402
+from pyro_vae.fit import fit, load_vae  # noqa: E402
+from pyro_vae.mutual_info import mutual_information  # noqa: E402
+from pyro_vae.objectives import iwae_loss  # noqa: E402
+from pyro_vae.run import Run  # noqa: E402
+from pyro_vae.vae import VAE  # noqa: E402
+
+__all__ = [
+    "EVALUATIONS",
+    "IWAE_SAMPLES",
+    "Comparison",
+    "compare",
+    "compare_configs",
+    "iwae_bound",
+    "run_name",
+]
+
+IWAE_SAMPLES = 50
+
+
+@torch.no_grad()
+def iwae_bound(
+    vae: VAE, x: torch.Tensor, num_samples: int = IWAE_SAMPLES, batch_size: int = 100
+) -> float:
+    """The importance-weighted bound L_K (Burda et al. 2016) per data point: a log-likelihood
+    estimate from below, tighter than the ELBO and tightening as K grows."""
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        total -= iwae_loss(vae.model, vae.guide, xb, num_particles=num_samples).item()
+    return total / x.shape[0]
+
+
+# Final evaluations of each trained model on the test set; each becomes a table column.
+EVALUATIONS: dict[str, Callable[[VAE, torch.Tensor], float]] = {
+    f"test_iwae_{IWAE_SAMPLES}": iwae_bound,
+    "mutual_info": mutual_information,
+}
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` wrote: the run folders, the table rows and the output files."""
+
+    runs: dict[str, Run]
+    rows: list[dict]
+    markdown: str
+    figure: Path
+    table_csv: Path
+    table_md: Path
+
+
+def run_name(config: TrainConfig) -> str:
+    """``svi``, or ``em-<rule>`` for variational EM."""
+    return config.algo if config.algo == "svi" else f"em-{config.e_rule}"
+
+
+def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:
+    """One :class:`TrainConfig` per algorithm (and per E-step rule for EM) from compare's flags."""
+    fields = {
+        k: v
+        for k, v in vars(args).items()
+        if k in TrainConfig.__dataclass_fields__ and k not in ("algo", "e_rule", "out")
+    }
+    fields["hidden_dims"] = tuple(fields["hidden_dims"])
+    configs = []
+    for algo in dict.fromkeys(args.algo):
+        rules = dict.fromkeys(args.e_rule) if algo == "em" else [TrainConfig().e_rule]
+        configs += [TrainConfig(algo=algo, e_rule=rule, **fields) for rule in rules]
+    return configs
+
+
+def _markdown(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Test ELBO per data point against cumulative training seconds and against epochs."""
+    fig, (ax_time, ax_epoch) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for name, metrics in curves.items():
+        elbo = [m["test_elbo"] for m in metrics]
+        seconds, elapsed = [], 0.0
+        for m in metrics:
+            elapsed += m["seconds"]
+            seconds.append(elapsed)
+        ax_time.plot(seconds, elbo, "o-", label=name)
+        ax_epoch.plot([m["epoch"] for m in metrics], elbo, "o-", label=name)
+    ax_time.set_xlabel("training seconds (wall clock)")
+    ax_epoch.set_xlabel("epoch (= decoder updates / steps per epoch)")
+    ax_time.set_ylabel("test ELBO (nats per data point)")
+    for ax in (ax_time, ax_epoch):
+        ax.grid(alpha=0.3)
+    ax_epoch.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _final_row(name: str, run: Run, test: torch.Tensor) -> dict:
+    metrics = run.read_metrics()
+    last = metrics[-1]
+    row = {"run": name, "epochs": int(last["epoch"])}
+    row.update({k: last[k] for k in ("test_elbo", "test_recon", "test_kl")})
+    vae, _ = load_vae(str(run.path))
+    torch.manual_seed(0)  # the same Monte Carlo draws for every model
+    for column, evaluate in EVALUATIONS.items():
+        row[column] = evaluate(vae, test)
+    row["encoder_updates"] = int(last["encoder_updates"])
+    row["decoder_updates"] = int(last["decoder_updates"])
+    row["seconds"] = sum(m["seconds"] for m in metrics)
+    return row
+
+
+def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Comparison:
+    """Train every config into ``out/<run name>`` and write the figure and the table."""
+    if not configs:
+        raise UserError("nothing to compare: give at least one --algo")
+    for config in configs:
+        config.validate()
+    base = configs[0]
+    if any(dataclasses.replace(c, algo=base.algo, e_rule=base.e_rule) != base for c in configs):
+        raise ValueError("compared configs may differ only in algo and e_rule")
+    root = Path(out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare")
+    root.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for config in configs:
+        name = run_name(config)
+        config.out = str(root / name)
+        if not config.quiet:
+            print(f"== {name} ==", flush=True)
+        runs[name] = fit(config)
+    test = load_data(
+        base.dataset,
+        base.data_dir,
+        base.binarize,
+        base.val_size,
+        base.limit_train,
+        base.limit_test,
+        base.seed,
+    ).test
+    rows = [_final_row(name, run, test) for name, run in runs.items()]
+    markdown = _markdown(rows)
+    paths = root / "comparison.png", root / "comparison.csv", root / "comparison.md"
+    plot_comparison({name: run.read_metrics() for name, run in runs.items()}, paths[0])
+    with paths[1].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    paths[2].write_text(markdown + "\n")
+    if any(not math.isfinite(r["test_elbo"]) for r in rows):
+        raise UserError(f"a compared run did not produce a finite test ELBO; see {root}")
+    return Comparison(runs, rows, markdown, *paths)
