@@ -28,7 +28,15 @@ __all__ = [
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error prints a single line (not the usage block) and exits 2."""
+    """argparse, but a usage error prints a single line (not the usage block) and exits 2.
+
+    Flags must be spelled out (no abbreviations), so that ``--resume`` can tell exactly which
+    flags a user gave.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -135,6 +143,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     train.add_argument(
+        "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
+    )
+    train.add_argument(
         "--algo", choices=ALGOS, default=d.algo, help="svi: joint steps; em: variational EM"
     )
     em = parser.add_argument_group("variational EM (--algo em)")
@@ -157,6 +168,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--out", default=None, help="run folder (default: runs/<date>-<time>-<algo>)")
     out.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
     out.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    out.add_argument(
+        "--checkpoint-every", type=positive_int, default=d.checkpoint_every, metavar="EPOCHS"
+    )
+    out.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a run from its checkpoint with its saved settings (--epochs may grow)",
+    )
 
 
 def train_parser(prog: str | None = None, description: str | None = None) -> OneLineParser:
@@ -165,11 +185,26 @@ def train_parser(prog: str | None = None, description: str | None = None) -> One
     return parser
 
 
-def config_from_args(args: argparse.Namespace, algo: str = "svi") -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, argv: Sequence[str] | None = None, algo: str = "svi"
+) -> TrainConfig:
+    """The config the flags ask for; with ``--resume``, the run's saved config, checked
+    against the flags given in ``argv`` (default ``sys.argv``)."""
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
     fields.setdefault("algo", algo)
-    return TrainConfig(**fields)
+    config = TrainConfig(**fields)
+    if config.resume is None:
+        return config
+    from pyro_vae.resume import resume_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    given = {name for name in fields if _flag(name) in {a.split("=")[0] for a in argv}}
+    return resume_config(config, given)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def parse_train_config(
@@ -182,20 +217,19 @@ def parse_train_config(
     default of ``--algo``."""
     parser = train_parser(prog, description)
     parser.set_defaults(algo=algo)
-    return config_from_args(parser.parse_args(argv))
+    return config_from_args(parser.parse_args(argv), argv)
 
 
 def run_cli(job: Callable[[], object]) -> int:
-    """Run ``job``; a :class:`UserError` becomes one line on stderr and exit code 2."""
+    """Run ``job``; a :class:`UserError` becomes one line on stderr and its exit code (2 for
+    bad input, 3 for a diverged run, 130 for Ctrl-C)."""
     try:
         job()
     except UserError as exc:
         print(f"pyro-vae: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "pyro-vae: interrupted; completed epochs are saved in the run folder", file=sys.stderr
-        )
+        return exc.exit_code
+    except KeyboardInterrupt:  # outside a training loop: nothing to save
+        print("pyro-vae: interrupted", file=sys.stderr)
         return 130
     return 0
 
@@ -254,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "train":
-        return run_cli(lambda: _train(config_from_args(args)))
+        return run_cli(lambda: _train(config_from_args(args, argv)))
     if args.command == "compare":
         return run_cli(lambda: _compare(args))
     return 2  # unreachable: argparse rejects unknown commands

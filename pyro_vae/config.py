@@ -53,6 +53,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    clip_norm: float | None = None
     # variational EM (--algo em; see pyro_vae/em.py)
     e_rule: str = "converge"
     e_steps: int = 5
@@ -65,6 +66,8 @@ class TrainConfig:
     out: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    checkpoint_every: int = 1
+    resume: str | None = None  # a run folder to continue (see pyro_vae/resume.py)
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with a :class:`UserError`; returns self."""
@@ -84,7 +87,7 @@ class TrainConfig:
                     f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}"
                 )
         positive = ["z_dim", "num_particles", "epochs", "batch_size", "lr", "beta"]
-        positive += ["e_steps", "e_check", "e_max", "patience"]
+        positive += ["e_steps", "e_check", "e_max", "patience", "checkpoint_every"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -93,6 +96,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
             raise UserError("--e-rule aggressive measures mutual information on --val-size N > 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise UserError("--clip-norm must be positive")
         if self.val_size < 0 or self.kl_warmup < 0:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from pyro_vae.data import minibatches
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.objectives import Objective
-from pyro_vae.svi import KLWarmup
+from pyro_vae.svi import KLWarmup, gradient_step
 from pyro_vae.vae import VAE
 
 __all__ = ["E_RULES", "EMTrainer", "run_inner_loop", "random_minibatch"]
@@ -97,6 +97,7 @@ class EMTrainer:
         e_lr, m_lr: Adam learning rates of the E-step (phi) and M-step (theta).
         kl_weight: outer step (M-step count) -> KL weight, as for SVI.
         mi_data: validation data for the ``aggressive`` rule's mutual information.
+        clip_norm: if given, each step's gradient norm (of the group it updates) is clipped.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class EMTrainer:
         m_lr: float = 1e-3,
         kl_weight: Callable[[int], float] | None = None,
         mi_data: torch.Tensor | None = None,
+        clip_norm: float | None = None,
     ) -> None:
         if e_rule not in E_RULES:
             raise ValueError(f"unknown E-step rule {e_rule!r}; choose from {', '.join(E_RULES)}")
@@ -125,6 +127,7 @@ class EMTrainer:
         self.e_steps, self.e_check, self.e_max, self.patience = e_steps, e_check, e_max, patience
         self.kl_weight = kl_weight or KLWarmup()
         self.mi_data = mi_data
+        self.clip_norm = clip_norm
         self.guide_params = list(vae.guide_parameters())
         self.model_params = list(vae.model_parameters())
         self.e_optimizer = _adam(self.guide_params, e_lr)
@@ -151,9 +154,7 @@ class EMTrainer:
         for p in self.guide_params + self.model_params:
             p.grad = None
         if params:
-            (loss / x.shape[0]).backward(inputs=params)
-        for opt in optimizers:
-            opt.step()
+            gradient_step(loss, x.shape[0], params, optimizers, self.clip_norm)
         self.encoder_updates += int(guide)
         self.decoder_updates += int(model)
         return loss.detach()

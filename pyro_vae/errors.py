@@ -1,11 +1,26 @@
-"""The one exception type for mistakes a user can make (bad flags, bad data, bad run folders).
+"""Exceptions for what a user can cause: bad flags or data, a diverging run, an interruption.
 
-Command-line entry points turn it into a one-line message and exit code 2; library callers
-can catch it like any other exception.
+Command-line entry points turn each into a one-line message and the exit code it carries
+(2 for mistakes in the input, 3 for a diverged run, 130 for Ctrl-C); library callers can catch
+them like any other exception.
 """
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss or a gradient became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C during training; the last completed epoch is checkpointed."""
+
+    exit_code = 130

@@ -9,6 +9,7 @@ for epoch in 1..E:
 write_figures(...)
 """
 
+import copy
 import math
 import random
 import time
@@ -22,12 +23,13 @@ from torch import nn
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data
 from pyro_vae.em import EMTrainer
-from pyro_vae.errors import UserError
+from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.likelihoods import check_data
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
 from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.resume import restore
 from pyro_vae.run import Run, default_run_dir
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.vae import VAE, build_vae
@@ -75,7 +77,9 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> SVITrainer |
     objective = make_objective(config.elbo, config.num_particles)
     kl_weight = KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch))
     if config.algo == "svi":
-        return SVITrainer(vae, objective, lr=config.lr, kl_weight=kl_weight)
+        return SVITrainer(
+            vae, objective, lr=config.lr, kl_weight=kl_weight, clip_norm=config.clip_norm
+        )
     return EMTrainer(
         vae,
         objective,
@@ -88,6 +92,7 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> SVITrainer |
         m_lr=config.m_lr or config.lr,
         kl_weight=kl_weight,
         mi_data=data.val.to(config.device) if data.val is not None else None,
+        clip_norm=config.clip_norm,
     )
 
 
@@ -96,7 +101,7 @@ def update_counts(trainer: SVITrainer | EMTrainer) -> dict:
     if isinstance(trainer, EMTrainer):
         return trainer.epoch_record()
     n = trainer.step_count
-    return {"encoder_updates": n, "decoder_updates": n, "inner_steps": 0}
+    return {"encoder_updates": n, "decoder_updates": n, "inner_steps": 0, "val_mi": None}
 
 
 def _build(
@@ -130,51 +135,87 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     """Train as ``config`` says, writing the run folder; returns the :class:`Run`.
 
     ``prior``: optionally a prior module of the user's own (see :func:`setup`).
+    ``config.resume``: continue that run folder from its checkpoint (see
+    :mod:`pyro_vae.resume`). A checkpoint is written every ``config.checkpoint_every`` epochs
+    and after the last; on Ctrl-C the last completed epoch is saved
+    (:class:`TrainingInterrupted`); a NaN or infinite loss stops the run and keeps the last
+    checkpoint untouched (:class:`TrainingDiverged`).
     """
     data, vae, trainer, data_rng = setup(config, prior)
-    run = Run.create(config.out or default_run_dir(config.algo), config.overwrite)
+    if config.resume:
+        run = Run(config.resume)
+        done = restore(run.load_checkpoint(), vae, trainer, data_rng, config.epochs)
+        run.truncate_metrics(done)
+    else:
+        run, done = Run.create(config.out or default_run_dir(config.algo), config.overwrite), 0
     config.out = str(run.path)
     run.write_config(config.to_dict())
-    device = torch.device(config.device)
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        train_loss = trainer.train_epoch(
-            data.train_epoch(data_rng).to(device),
-            config.batch_size,
-            data_rng,
-            progress=not config.quiet,
-            description=f"epoch {epoch}/{config.epochs}",
-        )
-        seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise UserError(
-                f"training diverged at epoch {epoch} (loss {train_loss}); "
-                "lower --lr or increase --kl-warmup"
-            )
-        test = evaluate_elbo(vae, data.test.to(device))
-        val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
-        run.log(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "test_elbo": test["elbo"],
-                "test_recon": test["recon"],
-                "test_kl": test["kl"],
-                "val_elbo": val["elbo"] if val else None,
-                "kl_weight": trainer.kl_weight(trainer.step_count - 1),
-                "seconds": seconds,
-                **update_counts(trainer),
-            }
-        )
-        run.save_checkpoint(checkpoint_state(config, data, vae, trainer, epoch, data_rng))
-        if not config.quiet:
-            print(
-                f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
-                f"  KL {test['kl']:6.2f}  {seconds:6.1f}s",
-                flush=True,
-            )
+    saved, unsaved = done, None  # the last checkpointed epoch; a later completed one in memory
+    epoch = done
+    try:
+        for epoch in range(done + 1, config.epochs + 1):
+            run.log(train_one_epoch(config, data, vae, trainer, data_rng, epoch))
+            state = checkpoint_state(config, data, vae, trainer, epoch, data_rng)
+            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+                run.save_checkpoint(state)
+                saved, unsaved = epoch, None
+            else:
+                unsaved = copy.deepcopy(state)
+    except KeyboardInterrupt:
+        if unsaved is not None:
+            run.save_checkpoint(unsaved)
+            saved = unsaved["epoch"]
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch}; epoch {saved} is saved in {run.path}; "
+            f"continue with: pyro-vae train --resume {run.path}"
+        ) from None
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(
+            f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); the checkpoint of epoch "
+            f"{saved} in {run.path} is kept; try a lower --lr or --clip-norm"
+        ) from None
     write_figures(vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape)
     return run
+
+
+def train_one_epoch(
+    config: TrainConfig,
+    data: ImageData,
+    vae: VAE,
+    trainer: SVITrainer | EMTrainer,
+    data_rng: torch.Generator,
+    epoch: int,
+) -> dict:
+    """Train one epoch, evaluate on the held-out sets; returns the row for ``metrics.csv``."""
+    device = torch.device(config.device)
+    start = time.perf_counter()
+    train_loss = trainer.train_epoch(
+        data.train_epoch(data_rng).to(device),
+        config.batch_size,
+        data_rng,
+        progress=not config.quiet,
+        description=f"epoch {epoch}/{config.epochs}",
+    )
+    seconds = time.perf_counter() - start
+    test = evaluate_elbo(vae, data.test.to(device))
+    val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
+    if not config.quiet:
+        print(
+            f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
+            f"  KL {test['kl']:6.2f}  {seconds:6.1f}s",
+            flush=True,
+        )
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "test_elbo": test["elbo"],
+        "test_recon": test["recon"],
+        "test_kl": test["kl"],
+        "val_elbo": val["elbo"] if val else None,
+        "kl_weight": trainer.kl_weight(trainer.step_count - 1),
+        "seconds": seconds,
+        **update_counts(trainer),
+    }
 
 
 def checkpoint_state(

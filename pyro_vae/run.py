@@ -107,6 +107,20 @@ class Run:
                 for r in csv.DictReader(f)
             ]
 
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Drop rows after ``last_epoch`` (logged after the checkpoint a run resumes from)."""
+        if not self.metrics_path.exists():
+            return
+        with self.metrics_path.open(newline="") as f:
+            lines = list(csv.reader(f))
+        keep = [lines[0]] + [row for row in lines[1:] if row and float(row[0]) <= last_epoch]
+
+        def write(path: Path) -> None:
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
+        _atomic_write(self.metrics_path, write)
+
     def save_checkpoint(self, state: dict) -> None:
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
         _atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))

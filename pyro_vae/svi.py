@@ -15,10 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.data import minibatches
+from pyro_vae.errors import TrainingDiverged
 from pyro_vae.objectives import Objective
 from pyro_vae.vae import VAE
 
-__all__ = ["KLWarmup", "SVITrainer", "parameter_groups"]
+__all__ = ["KLWarmup", "SVITrainer", "parameter_groups", "gradient_step"]
 
 
 class KLWarmup:
@@ -45,6 +46,32 @@ def parameter_groups(vae: VAE) -> list[dict]:
     ]
 
 
+def gradient_step(
+    loss: torch.Tensor,
+    batch_size: int,
+    params: list[torch.nn.Parameter],
+    optimizers: list[torch.optim.Optimizer],
+    clip_norm: float | None = None,
+) -> None:
+    """Backpropagate ``loss / batch_size`` into ``params`` only and step ``optimizers``.
+
+    ``backward(inputs=params)`` leaves every other parameter's ``.grad`` untouched (None), so a
+    frozen group neither changes nor accumulates gradients. A non-finite loss or gradient norm
+    raises :class:`TrainingDiverged` before any parameter moves. ``clip_norm`` rescales the
+    gradient of ``params`` to at most that total norm.
+    """
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss.item()}")
+    for p in params:
+        p.grad = None
+    (loss / batch_size).backward(inputs=params)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_norm or float("inf"))
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(f"the gradient norm became {norm.item()}")
+    for optimizer in optimizers:
+        optimizer.step()
+
+
 class SVITrainer:
     """Trains a :class:`~pyro_vae.vae.VAE` by SVI on a Pyro objective.
 
@@ -53,6 +80,7 @@ class SVITrainer:
         objective: ``loss(model, guide, x, kl_weight)`` from :func:`pyro_vae.make_objective`.
         lr: Adam learning rate for both groups.
         kl_weight: step -> KL weight (see :class:`KLWarmup`).
+        clip_norm: if given, the gradient's total norm is clipped to it every step.
     """
 
     def __init__(
@@ -61,19 +89,20 @@ class SVITrainer:
         objective: Objective,
         lr: float = 1e-3,
         kl_weight: Callable[[int], float] | None = None,
+        clip_norm: float | None = None,
     ) -> None:
         self.vae = vae
+        self.clip_norm = clip_norm
         self.objective = objective
         self.kl_weight = kl_weight or KLWarmup()
         self.optimizer = torch.optim.Adam(parameter_groups(vae), lr=lr)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.step_count = 0
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One gradient step on a minibatch; returns the loss summed over it (detached)."""
         loss = self.objective(self.vae.model, self.vae.guide, x, self.kl_weight(self.step_count))
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss / x.shape[0]).backward()
-        self.optimizer.step()
+        gradient_step(loss, x.shape[0], self.params, [self.optimizer], self.clip_norm)
         self.step_count += 1
         return loss.detach()
 

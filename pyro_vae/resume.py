@@ -1,0 +1,80 @@
+"""Continuing a run from its checkpoint, exactly.
+
+``pyro-vae train --resume RUN_DIR`` takes the settings saved in ``RUN_DIR/config.json``; flags
+given on the command line must agree with them, except those that do not change the
+computation (``--epochs`` to train longer, ``--quiet``, ``--data-dir``, ``--device``,
+``--checkpoint-every``). The checkpoint restores the model, guide, prior and likelihood
+parameters, every optimizer's state, the trainer's own state (e.g. the EM aggressive flag) and
+the torch, data, numpy and Python RNG states, so on CPU a resumed run ends with the same
+parameters, bit for bit, as one that was never interrupted.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import UserError
+from pyro_vae.run import Run
+
+__all__ = ["resume_config", "restore"]
+
+# Settings a resumed run may change: they do not alter what the remaining epochs compute.
+ADJUSTABLE = ("epochs", "quiet", "data_dir", "device", "checkpoint_every")
+NOT_SETTINGS = ("resume", "out", "overwrite")
+
+
+def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
+    """The saved config of ``requested.resume``, with the adjustable flags the user ``given``.
+
+    A given flag that differs from the saved setting is a :class:`UserError`.
+    """
+    run = Run(requested.resume)
+    if not run.config_path.is_file():
+        raise UserError(f"--resume {run.path}: not a run folder (no config.json)")
+    try:
+        saved = TrainConfig.from_dict(run.read_config())
+    except (ValueError, TypeError):
+        raise UserError(f"--resume {run.path}: config.json is unreadable") from None
+    for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
+        new, old = getattr(requested, name), getattr(saved, name)
+        if new != old:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"{flag} {_show(new)} conflicts with the run's saved {_show(old)}; "
+                f"drop {flag} to resume, or start a new run"
+            )
+    if "out" in given and Path(requested.out).resolve() != run.path.resolve():
+        raise UserError("--out and --resume name different folders; --resume continues in place")
+    for name in ADJUSTABLE:
+        if name in given:
+            setattr(saved, name, getattr(requested, name))
+    saved.resume = saved.out = str(run.path)
+    saved.overwrite = False
+    return saved
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def restore(state: dict, vae, trainer, data_rng: torch.Generator, epochs: int) -> int:
+    """Load a checkpoint into freshly built objects; returns the epoch it was taken after."""
+    epoch = int(state["epoch"])
+    if epoch >= epochs:
+        raise UserError(
+            f"the run already completed {epoch} epochs; pass --epochs N with N > {epoch} "
+            "to train further"
+        )
+    try:
+        vae.load_state_dict(state["vae"])
+        trainer.load_state_dict(state["trainer"])
+    except (RuntimeError, KeyError, ValueError):
+        raise UserError("the checkpoint does not match the run's configuration") from None
+    torch.set_rng_state(state["rng"]["torch"])
+    data_rng.set_state(state["rng"]["data"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return epoch
