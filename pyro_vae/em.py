@@ -202,6 +202,7 @@ class EMTrainer:
         """One pass of M-steps over ``x`` in shuffled minibatches (E-steps draw fresh ones from
         ``x``); returns the mean M-step loss per data point. Under ``aggressive``, ends by
         measuring validation MI and deciding whether to keep doing EM."""
+        self.vae.check_data(x)
         self.vae.train()
         self.inner_steps = 0
         fresh = random_minibatch(x, batch_size, generator)

@@ -27,6 +27,7 @@ def evaluate_elbo(
     vae: VAE, x: torch.Tensor, batch_size: int = 1000, num_samples: int = 1
 ) -> dict[str, float]:
     """Mean ELBO, reconstruction term and KL per data point over ``x``, in nats."""
+    vae.check_data(x)
     was_training = vae.training
     vae.eval()
     totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}

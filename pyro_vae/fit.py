@@ -25,7 +25,6 @@ from pyro_vae.data import ImageData, load_data
 from pyro_vae.em import EMTrainer
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.likelihoods import check_data
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
 from pyro_vae.priors import has_closed_form_kl
@@ -120,7 +119,7 @@ def _build(
 
 
 def _check_data(vae: VAE, data: ImageData) -> None:
-    """Reject data outside the likelihood's support once, before training.
+    """Reject data outside the likelihood's support once, before the run folder is made.
 
     Under dynamic binarization the stored training set holds intensities and every epoch draws
     binary pixels from them, so it is checked as one such draw would be.
@@ -128,7 +127,7 @@ def _check_data(vae: VAE, data: ImageData) -> None:
     train = data.train.ceil() if data.binarize == "dynamic" else data.train
     for x in (train, data.test, data.val):
         if x is not None:
-            check_data(vae.likelihood, x)
+            vae.check_data(x)
 
 
 def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:

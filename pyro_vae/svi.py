@@ -115,6 +115,7 @@ class SVITrainer:
         description: str = "",
     ) -> float:
         """One pass over ``x`` in shuffled minibatches; returns the mean loss per data point."""
+        self.vae.check_data(x)
         self.vae.train()
         total = torch.zeros(())
         seen = 0

@@ -19,7 +19,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import make_likelihood
+from pyro_vae.likelihoods import check_data, make_likelihood
 from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_networks
 from pyro_vae.priors import make_prior
 
@@ -57,6 +57,7 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.prior = prior
         self.likelihood = likelihood
+        self.data_dim = data_dim
         if data_dim is not None:
             self.check_shapes(data_dim)
 
@@ -73,6 +74,30 @@ class VAE(nn.Module):
                 "a parameter is on both the guide and the model side: a prior that reuses the "
                 "encoder must hold it by reference, not as a submodule (see VampPrior)"
             )
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Reject a data tensor this VAE cannot model with a one-line :class:`UserError`.
+
+        Checks type, dtype, shape (N, D), finiteness and the likelihood's support. Trainers and
+        evaluation call it once per pass over a tensor, never per minibatch step.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise UserError(f"data must be a torch.Tensor, not {type(x).__name__}")
+        if not x.is_floating_point():
+            raise UserError(
+                f"data must be floating point, got {x.dtype}: "
+                "use x.float() with images scaled to [0, 1]"
+            )
+        expected = f"(N, {self.data_dim})" if self.data_dim else "(N, D)"
+        wrong_width = self.data_dim is not None and x.dim() == 2 and x.shape[1] != self.data_dim
+        if x.dim() != 2 or x.shape[0] == 0 or wrong_width:
+            raise UserError(
+                f"data must have shape {expected} with N > 0, got {tuple(x.shape)}: "
+                "flatten images with x.reshape(len(x), -1)"
+            )
+        if not torch.isfinite(x).all():
+            raise UserError("data contains NaN or infinite values")
+        check_data(self.likelihood, x)
 
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:

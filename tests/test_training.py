@@ -51,6 +51,7 @@ def test_train_epoch_reports_the_mean_loss_per_datum():
     the last batch is smaller."""
     vae = torch.nn.Linear(1, 1)
     vae.model = vae.guide = None
+    vae.check_data = lambda x: None
     vae.guide_parameters = lambda: iter([vae.weight])
     vae.model_parameters = lambda: iter([vae.bias])
 
