@@ -6,6 +6,7 @@ and flushed one at a time.
 """
 
 import csv
+import io
 import json
 import os
 import platform
@@ -90,13 +91,17 @@ class Run:
         return json.loads(self.config_path.read_text())
 
     def log(self, row: dict) -> None:
-        """Append one row to ``metrics.csv`` (the header is written with the first row)."""
-        new = not self.metrics_path.exists()
+        """Append one row to ``metrics.csv`` (the header is written with the first row).
+
+        The row goes out in a single write, so an interruption cannot leave half a line.
+        """
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(row))
+        if not self.metrics_path.exists():
+            writer.writeheader()
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
         with self.metrics_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
+            f.write(buffer.getvalue())
 
     def read_metrics(self) -> list[dict[str, float]]:
         if not self.metrics_path.exists():
