@@ -19,6 +19,7 @@ from pyro_vae.likelihoods import (
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
 )
+from pyro_vae.metrics import active_units, heldout_metrics, log_likelihood
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyro_vae.objectives import iwae_loss, make_objective
@@ -52,6 +53,9 @@ __all__ = [
     "EMTrainer",
     "make_trainer",
     "mutual_information",
+    "log_likelihood",
+    "active_units",
+    "heldout_metrics",
     "elbo_terms",
     "evaluate_elbo",
     "ImageData",

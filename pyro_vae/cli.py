@@ -164,6 +164,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     em.add_argument("--patience", type=positive_int, default=d.patience, help="aggressive: epochs")
     em.add_argument("--e-lr", type=positive_float, default=None, help="default: --lr")
     em.add_argument("--m-lr", type=positive_float, default=None, help="default: --lr")
+    ev = parser.add_argument_group("held-out metrics during training (see docs/evaluation.md)")
+    ev.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=d.eval_every,
+        metavar="EPOCHS",
+        help="log test IWAE, active units and MI every EPOCHS epochs and at the end (0: never)",
+    )
+    ev.add_argument("--eval-iw-samples", type=positive_int, default=d.eval_iw_samples, metavar="K")
+    ev.add_argument("--eval-limit", type=positive_int, default=d.eval_limit, metavar="N")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run folder (default: runs/<date>-<time>-<algo>)")
     out.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
@@ -275,6 +285,35 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"figure: {result.figure}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from pyro_vae.posthoc import eval_table, evaluate_run
+
+    print(eval_table(evaluate_run(args.run_dir, args.iw_samples, args.limit, args.data_dir)))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from pyro_vae.posthoc import plot_run
+
+    for path in plot_run(args.run_dir, args.data_dir):
+        print(path)
+
+
+def add_posthoc_commands(commands) -> None:
+    """``evaluate`` and ``plot``: commands on a finished run folder."""
+    evaluate = commands.add_parser("evaluate", help="test log-likelihood and latent diagnostics")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument(
+        "--iw-samples", type=positive_int, default=5000, metavar="K", help="importance samples"
+    )
+    evaluate.add_argument(
+        "--limit", type=positive_int, default=None, metavar="N", help="first N test images only"
+    )
+    plot = commands.add_parser("plot", help="regenerate a run's figures")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    for sub in (evaluate, plot):
+        sub.add_argument("--data-dir", default=None, help="override the run's data folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -286,11 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             conflict_handler="resolve",
         )
     )
+    add_posthoc_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args, argv)))
     if args.command == "compare":
         return run_cli(lambda: _compare(args))
+    if args.command == "evaluate":
+        return run_cli(lambda: _evaluate(args))
+    if args.command == "plot":
+        return run_cli(lambda: _plot(args))
     return 2  # unreachable: argparse rejects unknown commands
 
 

@@ -62,6 +62,11 @@ class TrainConfig:
     patience: int = 1
     e_lr: float | None = None
     m_lr: float | None = None
+    # held-out metrics during training (pyro_vae.metrics): every eval_every epochs and at the
+    # last epoch, on the first eval_limit test images with eval_iw_samples importance samples
+    eval_every: int = 5
+    eval_iw_samples: int = 100
+    eval_limit: int = 1000
     # run folder and output
     out: str | None = None
     overwrite: bool = False
@@ -89,6 +94,11 @@ class TrainConfig:
         positive = ["z_dim", "num_particles", "epochs", "batch_size", "lr", "beta"]
         positive += ["e_steps", "e_check", "e_max", "patience", "checkpoint_every"]
         for name in positive:
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive")
+        if self.eval_every < 0:
+            raise UserError("--eval-every must not be negative (0 turns evaluation off)")
+        for name in ("eval_iw_samples", "eval_limit"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         for name in ("limit_train", "limit_test", "e_lr", "m_lr"):

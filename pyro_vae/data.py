@@ -68,8 +68,8 @@ def _torchvision_class(name: str):
     raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
-def load_images(name: str, train: bool, data_dir: str | None = None) -> torch.Tensor:
-    """One split of a data set as floats in [0, 1], shape (N, 28 * 28).
+def load_images(name: str, train: bool, data_dir: str | None = None, labels: bool = False):
+    """One split of a data set as floats in [0, 1], shape (N, 28 * 28) (and its labels if asked).
 
     Raises :class:`UserError` with a one-line explanation when the files are missing, unreadable
     or malformed, or when downloading fails (offline).
@@ -81,7 +81,8 @@ def load_images(name: str, train: bool, data_dir: str | None = None) -> torch.Te
     if not may_download and not root.is_dir():
         raise UserError(f"data folder {root} does not exist; {hint}")
     try:
-        images = cls(str(root), train=train, download=may_download).data
+        split = cls(str(root), train=train, download=may_download)
+        images = split.data
     except RuntimeError as exc:
         if "not found" in str(exc).lower():
             raise UserError(f"no {name} files under {where}; {hint}") from None
@@ -92,6 +93,8 @@ def load_images(name: str, train: bool, data_dir: str | None = None) -> torch.Te
         raise UserError(f"could not {action} {name} into {where} ({reason}); {hint}") from None
     if images.dim() != 3 or images.dtype != torch.uint8 or images.shape[0] == 0:
         raise UserError(f"{where} does not hold {name} images (got shape {tuple(images.shape)})")
+    if labels:
+        return images.reshape(images.shape[0], -1).float().div_(255.0), split.targets.long()
     return images.reshape(images.shape[0], -1).float().div_(255.0)
 
 
@@ -104,6 +107,7 @@ class ImageData:
     val: torch.Tensor | None
     image_shape: tuple[int, int]
     binarize: str
+    test_labels: torch.Tensor | None = None  # class of each test image, for figures
 
     @property
     def data_dim(self) -> int:
@@ -133,7 +137,7 @@ def load_data(
         choices = ", ".join(BINARIZATIONS)
         raise UserError(f"unknown binarization {binarize!r}; choose from {choices}")
     train = load_images(dataset, train=True, data_dir=data_dir)
-    test = load_images(dataset, train=False, data_dir=data_dir)
+    test, test_labels = load_images(dataset, train=False, data_dir=data_dir, labels=True)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(train.shape[0], generator=g)
     if val_size >= train.shape[0]:
@@ -143,7 +147,8 @@ def load_data(
     if limit_train is not None:
         train = train[:limit_train]
     if limit_test is not None:
-        test = test[torch.randperm(test.shape[0], generator=g)[:limit_test]]
+        keep = torch.randperm(test.shape[0], generator=g)[:limit_test]
+        test, test_labels = test[keep], test_labels[keep]
     if binarize != "none":
         # Held-out splits get one fixed binarization; static binarizes the training set too.
         eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
@@ -151,7 +156,14 @@ def load_data(
         val = torch.bernoulli(val, generator=eval_g) if val is not None else None
         if binarize == "static":
             train = torch.bernoulli(train, generator=g)
-    return ImageData(train=train, test=test, val=val, image_shape=(28, 28), binarize=binarize)
+    return ImageData(
+        train=train,
+        test=test,
+        val=val,
+        image_shape=(28, 28),
+        binarize=binarize,
+        test_labels=test_labels,
+    )
 
 
 def minibatches(

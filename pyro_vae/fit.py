@@ -5,6 +5,7 @@ run = Run.create(out)
 for epoch in 1..E:
     train_loss = trainer.train_epoch(training data for this epoch)
     test = evaluate_elbo(vae, test data)              # ELBO, recon, KL per datum
+    every --eval-every epochs: test IWAE, active units, MI (pyro_vae.metrics)
     run.log(row); run.save_checkpoint(state)
 write_figures(...)
 """
@@ -25,6 +26,7 @@ from pyro_vae.data import ImageData, load_data
 from pyro_vae.em import EMTrainer
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.metrics import heldout_metrics
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
 from pyro_vae.priors import has_closed_form_kl
@@ -33,7 +35,7 @@ from pyro_vae.run import Run, default_run_dir
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.vae import VAE, build_vae
 
-__all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table"]
+__all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table", "heldout_columns"]
 
 
 def setup(
@@ -173,7 +175,9 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); the checkpoint of epoch "
             f"{saved} in {run.path} is kept; try a lower --lr or --clip-norm"
         ) from None
-    write_figures(vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape)
+    write_figures(
+        vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
+    )
     return run
 
 
@@ -214,7 +218,23 @@ def train_one_epoch(
         "kl_weight": trainer.kl_weight(trainer.step_count - 1),
         "seconds": seconds,
         **update_counts(trainer),
+        **heldout_columns(config, vae, data.test.to(device), epoch),
     }
+
+
+def heldout_columns(config: TrainConfig, vae: VAE, test: torch.Tensor, epoch: int) -> dict:
+    """``test_iwae``, ``active_units``, ``mutual_info`` on the first ``eval_limit`` test images
+    every ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
+
+    The evaluation draws from a forked torch RNG, so turning it on does not change training.
+    """
+    columns = {"test_iwae": "iwae", "active_units": "active_units", "mutual_info": "mutual_info"}
+    due = config.eval_every > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
+    if not due:
+        return dict.fromkeys(columns)
+    with torch.random.fork_rng(devices=[]):
+        m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
+    return {column: m[key] for column, key in columns.items()}
 
 
 def checkpoint_state(

@@ -2,9 +2,18 @@
 
 - ``reconstructions.png``: test images (top row of each pair) above their reconstructions.
 - ``samples.png``: means of p(x|z) for z drawn from the prior.
-- ``curves.png``: training loss and test ELBO per data point against epochs.
+- ``curves.png``: training loss and test ELBO per data point against epochs (and the test
+  IWAE bound where training evaluated it).
+- ``manifold.png``: decoded means over a grid of latent points. For z_dim = 2 the grid is of
+  standard-normal quantiles (Kingma and Welling 2014, Fig. 4), so equal areas of the picture
+  carry equal prior mass; for z_dim > 2 it is a plane through the mean of the test posterior
+  means, spanned by their two principal axes, at quantiles of their spread along each axis.
+- ``latent.png``: test posterior means E_q[z|x], coloured by class (PCA to 2-D when z_dim > 2).
+- ``interpolation.png``: decoded means along straight lines between the posterior means of
+  pairs of test images (originals at both ends).
 """
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +26,17 @@ import torch  # noqa: E402
 
 from pyro_vae.vae import VAE  # noqa: E402
 
-__all__ = ["image_grid", "plot_reconstructions", "plot_samples", "plot_curves", "write_figures"]
+__all__ = [
+    "image_grid",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_curves",
+    "principal_axes",
+    "plot_manifold",
+    "plot_latent",
+    "plot_interpolation",
+    "write_figures",
+]
 
 
 def image_grid(images: torch.Tensor, rows: int, image_shape: Sequence[int]) -> torch.Tensor:
@@ -74,6 +93,13 @@ def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", label="test ELBO")
     if "val_elbo" in metrics[0] and metrics[0]["val_elbo"] == metrics[0]["val_elbo"]:
         ax.plot(epochs, [m["val_elbo"] for m in metrics], "^-", label="validation ELBO")
+    iwae = [
+        (m["epoch"], m["test_iwae"])
+        for m in metrics
+        if m.get("test_iwae", math.nan) == m.get("test_iwae")
+    ]
+    if iwae:
+        ax.plot(*zip(*iwae, strict=True), "D", label="test IWAE bound (subset, small K)")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("nats per data point")
@@ -84,20 +110,135 @@ def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _posterior_means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    device = next(vae.parameters()).device
+    return torch.cat([vae.encode(x[i : i + 1000].to(device))[0] for i in range(0, len(x), 1000)])
+
+
+def principal_axes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre (z_dim,), the top two principal axes (2, z_dim) and the spread along each (2,)."""
+    centre = z.mean(0)
+    _, s, vh = torch.linalg.svd(z - centre, full_matrices=False)
+    return centre, vh[:2], s[:2] / max(len(z) - 1, 1) ** 0.5
+
+
+def plot_manifold(
+    vae: VAE, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 15
+) -> None:
+    """Decode an n x n grid of standard-normal quantiles (z_dim = 2) or a principal plane."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
+    # rows run top to bottom from high to low values of the second coordinate, like a plot
+    a, b = torch.meshgrid(-q, q, indexing="ij")
+    grid = torch.stack([b.reshape(-1), a.reshape(-1)], dim=1)
+    z_dim = _posterior_means(vae, test[:1]).shape[1]
+    device = next(vae.parameters()).device
+    if z_dim == 2:
+        z, title = grid, "latent manifold: z on a grid of N(0, 1) quantiles"
+    else:
+        centre, axes, spread = principal_axes(_posterior_means(vae, test).cpu())
+        z = centre + (grid * spread) @ axes
+        title = "latent manifold: plane of the two principal axes of E_q[z|x]"
+    images = vae.likelihood.mean(vae.decoder(z.to(device))).cpu()
+    _save_grid(image_grid(images, rows=n, image_shape=image_shape), title, path)
+
+
+def plot_latent(
+    vae: VAE, test: torch.Tensor, labels: torch.Tensor | None, path: Path, limit: int = 5000
+) -> None:
+    """Scatter of test posterior means, coloured by class; PCA to 2-D when z_dim > 2."""
+    z = _posterior_means(vae, test[:limit]).cpu()
+    if z.shape[1] > 2:
+        centre, axes, spread = principal_axes(z)
+        points = (z - centre) @ axes.T
+        share = spread.pow(2) / z.var(0).sum()
+        xlabel, ylabel = (f"PC{i + 1} ({100 * float(share[i]):.0f}% of variance)" for i in (0, 1))
+    else:
+        points, xlabel, ylabel = z, "z1", "z2"
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    colour = labels[:limit].numpy() if labels is not None else None
+    sc = ax.scatter(
+        points[:, 0],
+        points[:, 1],
+        c=colour,
+        cmap="tab10",
+        vmin=-0.5,
+        vmax=9.5,
+        s=4,
+        alpha=0.6,
+        linewidths=0,
+    )
+    if colour is not None:
+        fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"posterior means E_q[z|x] of {len(points)} test images", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pairs(labels: torch.Tensor | None, n: int, rows: int) -> list[tuple[int, int]]:
+    """Index pairs of test images, of different classes when labels are known."""
+    if labels is None:
+        return [(2 * r, 2 * r + 1) for r in range(rows) if 2 * r + 1 < n]
+    firsts = {}
+    for i, c in enumerate(labels[:n].tolist()):
+        firsts.setdefault(c, i)
+    classes = sorted(firsts)
+    pairs = [
+        (firsts[classes[r % len(classes)]], firsts[classes[(r + 1) % len(classes)]])
+        for r in range(rows)
+    ]
+    return [(i, j) for i, j in pairs if i != j] or [(0, min(1, n - 1))]
+
+
+def plot_interpolation(
+    vae: VAE,
+    test: torch.Tensor,
+    labels: torch.Tensor | None,
+    path: Path,
+    image_shape: Sequence[int],
+    rows: int = 6,
+    steps: int = 10,
+) -> None:
+    """Each row: a test image, decoded means along the line between the two posterior means,
+    the other test image."""
+    pairs = _pairs(labels, len(test), rows)
+    device = next(vae.parameters()).device
+    t = torch.linspace(0.0, 1.0, steps)[:, None]
+    images = []
+    for i, j in pairs:
+        za, zb = _posterior_means(vae, test[[i, j]]).cpu()
+        line = vae.likelihood.mean(vae.decoder(((1 - t) * za + t * zb).to(device))).cpu()
+        images += [test[i : i + 1].cpu(), line, test[j : j + 1].cpu()]
+    grid = image_grid(torch.cat(images), rows=len(pairs), image_shape=image_shape)
+    _save_grid(grid, "interpolation in latent space (test images at both ends)", path)
+
+
 def write_figures(
     vae: VAE,
     test: torch.Tensor,
     metrics: list[dict[str, float]],
     folder: Path,
     image_shape: Sequence[int] = (28, 28),
+    labels: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write every figure of a run into ``folder``; returns the paths written."""
+    """Write every figure of a run into ``folder``; returns the paths written.
+
+    ``labels`` (classes of the test images) colour the latent scatter and pick interpolation
+    pairs of different classes; without them the scatter is one colour.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "reconstructions.png", folder / "samples.png"]
+    names = ["reconstructions", "samples", "manifold", "latent", "interpolation"]
+    paths = [folder / f"{name}.png" for name in names]
     was_training = vae.training
     vae.eval()
-    plot_reconstructions(vae, test, paths[0], image_shape)
-    plot_samples(vae, paths[1], image_shape)
+    with torch.no_grad():
+        plot_reconstructions(vae, test, paths[0], image_shape)
+        plot_samples(vae, paths[1], image_shape)
+        plot_manifold(vae, test, paths[2], image_shape)
+        plot_latent(vae, test, labels, paths[3])
+        plot_interpolation(vae, test, labels, paths[4], image_shape)
     vae.train(was_training)
     if metrics:
         paths.append(folder / "curves.png")

@@ -1,0 +1,120 @@
+"""Work on a finished run folder: ``pyro-vae evaluate`` and ``pyro-vae plot``.
+
+Both rebuild the trained VAE from ``checkpoint.pt`` and the test set exactly as training did
+(:func:`pyro_vae.data.load_data` with the run's own configuration: same data set, subsample and
+fixed test binarization), so their numbers and figures describe the run's own test set.
+"""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_vae.data import ImageData, load_data
+from pyro_vae.errors import UserError
+from pyro_vae.fit import load_vae
+from pyro_vae.metrics import heldout_metrics
+from pyro_vae.plots import write_figures
+from pyro_vae.run import Run, library_versions
+from pyro_vae.vae import VAE
+
+__all__ = ["load_run", "evaluate_run", "eval_table", "plot_run"]
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[VAE, ImageData, int]:
+    """The trained VAE, its data (test set as in training) and the checkpoint's epoch."""
+    run = Run(run_dir)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    vae, config = load_vae(str(run_dir))
+    data = load_data(
+        config.dataset,
+        data_dir or config.data_dir,
+        config.binarize,
+        config.val_size,
+        config.limit_train,
+        config.limit_test,
+        config.seed,
+    )
+    try:
+        vae.encode(data.test[:1])
+    except RuntimeError:
+        raise UserError(
+            f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "
+            f"{data.data_dim} pixels)"
+        ) from None
+    return vae, data, int(run.load_checkpoint()["epoch"])
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    iw_samples: int = 5000,
+    limit: int | None = None,
+    data_dir: str | None = None,
+) -> dict:
+    """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``."""
+    if iw_samples <= 0:
+        raise UserError(f"--iw-samples must be positive (got {iw_samples})")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be positive (got {limit})")
+    vae, data, epoch = load_run(run_dir, data_dir)
+    x = data.test[:limit] if limit else data.test
+    start = time.perf_counter()
+    metrics = heldout_metrics(vae, x, iw_samples)
+    result = {
+        "run": str(run_dir),
+        "epoch": epoch,
+        "num_test": int(x.shape[0]),
+        "iw_samples": iw_samples,
+        "z_dim": int(vae.encode(x[:1])[0].shape[-1]),
+        **metrics,
+        "seconds": time.perf_counter() - start,
+        "machine": machine_description(),
+        "versions": library_versions(),
+    }
+    path = Path(run_dir) / "eval.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def machine_description() -> str:
+    """CPU model, core count and torch's thread count, for quoting wall times."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def eval_table(result: dict) -> str:
+    """The printed summary of :func:`evaluate_run`."""
+    k = result["iw_samples"]
+    lines = [
+        ("run folder", result["run"]),
+        ("test images", f"{result['num_test']}  (checkpoint of epoch {result['epoch']})"),
+        (f"log p(x) ~ L_{k}", f"{result['iwae']:.2f} +- {result['iwae_sem']:.2f} nats/datum"),
+        ("ELBO", f"{result['elbo']:.2f} nats/datum"),
+        ("  recon", f"{result['recon']:.2f}"),
+        ("  KL", f"{result['kl']:.2f}"),
+        ("active units", f"{result['active_units']} of {result['z_dim']}"),
+        ("mutual info", f"{result['mutual_info']:.2f} nats"),
+        ("seconds", f"{result['seconds']:.0f}"),
+    ]
+    return "\n".join(f"{name:<16} {value}" for name, value in lines)
+
+
+def plot_run(run_dir: str | Path, data_dir: str | None = None) -> list[Path]:
+    """Regenerate every figure of a run into its ``figures/`` folder."""
+    vae, data, _ = load_run(run_dir, data_dir)
+    run = Run(run_dir)
+    return write_figures(
+        vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
+    )
