@@ -92,9 +92,12 @@ class EMTrainer:
             (decoder, prior, likelihood: any learnable prior is on the M-step side).
         objective: ``loss(model, guide, x, kl_weight)`` from :func:`pyro_vae.make_objective`.
         e_rule: ``fixed``, ``converge`` or ``aggressive`` (see the module docstring).
-        e_steps, e_check, e_max: the rules' step counts.
+        e_steps: guide steps per E-step under ``fixed``.
+        e_check: window of inner steps between convergence checks (``converge``).
+        e_max: cap on inner steps per E-step (``converge``).
         patience: epochs without a new best validation MI before ``aggressive`` switches to SVI.
-        e_lr, m_lr: Adam learning rates of the E-step (phi) and M-step (theta).
+        e_lr: Adam learning rate of the E-step (phi).
+        m_lr: Adam learning rate of the M-step (theta).
         kl_weight: outer step (M-step count) -> KL weight, as for SVI.
         mi_data: validation data for the ``aggressive`` rule's mutual information.
         clip_norm: if given, each step's gradient norm (of the group it updates) is clipped.
