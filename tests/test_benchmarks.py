@@ -12,9 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_training_benchmark_runs_in_its_quickest_mode():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--synthetic",
-         "--limit-train", "512", "--repeats", "1", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_training.py"),
+            "--synthetic",
+            "--limit-train",
+            "512",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert "| meanfield |" in proc.stdout and "| trace |" in proc.stdout
