@@ -32,12 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_train_config(
         argv, prog="train_em.py", description="Train a VAE by variational EM.", algo="em"
     )
-
-    def train() -> None:
-        run = fit(config)
-        print(summary_table(run))
-
-    return run_cli(train)
+    return run_cli(lambda: print(summary_table(fit(config))))
 
 
 if __name__ == "__main__":

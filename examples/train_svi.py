@@ -28,12 +28,7 @@ from pyro_vae.cli import parse_train_config, run_cli
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_train_config(argv, prog="train_svi.py", description="Train a VAE by SVI.")
-
-    def train() -> None:
-        run = fit(config)
-        print(summary_table(run))
-
-    return run_cli(train)
+    return run_cli(lambda: print(summary_table(fit(config))))
 
 
 if __name__ == "__main__":

@@ -247,8 +247,7 @@ def run_cli(job: Callable[[], object]) -> int:
 def _train(config: TrainConfig) -> None:
     from pyro_vae.fit import fit, summary_table
 
-    run = fit(config)
-    print(summary_table(run))
+    print(summary_table(fit(config)))
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:

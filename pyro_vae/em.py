@@ -30,12 +30,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from pyro_vae.data import minibatches
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.objectives import Objective
-from pyro_vae.svi import KLWarmup, gradient_step
+from pyro_vae.svi import KLWarmup, epoch_loop, gradient_step
 from pyro_vae.vae import VAE
 
 __all__ = ["E_RULES", "EMTrainer", "run_inner_loop", "random_minibatch"]
@@ -209,23 +207,18 @@ class EMTrainer:
         self.vae.train()
         self.inner_steps = 0
         fresh = random_minibatch(x, batch_size, generator)
-        total, seen = torch.zeros(()), 0
-        batches = tqdm(
-            minibatches(x, batch_size, generator),
-            total=-(-x.shape[0] // batch_size),
-            desc=description,
-            disable=not progress,
-            leave=False,
-            unit="batch",
+        loss = epoch_loop(
+            lambda xb: self.step(xb, fresh),
+            x,
+            batch_size,
+            generator,
+            progress,
+            description,
+            status=lambda: {"inner": self.inner_steps},
         )
-        for i, xb in enumerate(batches):
-            total += self.step(xb, fresh)
-            seen += xb.shape[0]
-            if progress and i % 5 == 0:
-                batches.set_postfix(loss=f"{total.item() / seen:.2f}", inner=self.inner_steps)
         if self.e_rule == "aggressive" and self.em_active:
             self.update_aggressive(mutual_information(self.vae, self.mi_data))
-        return total.item() / seen
+        return loss
 
     def update_aggressive(self, mi: float) -> None:
         """Record an epoch's validation MI; stop EM after ``patience`` epochs without a best."""

@@ -19,7 +19,7 @@ from pyro_vae.errors import TrainingDiverged
 from pyro_vae.objectives import Objective
 from pyro_vae.vae import VAE
 
-__all__ = ["KLWarmup", "SVITrainer", "parameter_groups", "gradient_step"]
+__all__ = ["KLWarmup", "SVITrainer", "parameter_groups", "gradient_step", "epoch_loop"]
 
 
 class KLWarmup:
@@ -72,6 +72,35 @@ def gradient_step(
         optimizer.step()
 
 
+def epoch_loop(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    description: str = "",
+    status: Callable[[], dict] | None = None,
+) -> float:
+    """Call ``step`` on each shuffled minibatch of ``x``; returns the summed losses it returned
+    divided by N, the mean loss per data point. The tqdm bar shows the running mean (and
+    ``status()``), reading the loss from the device only every 20 steps."""
+    total, seen = torch.zeros(()), 0
+    batches = tqdm(
+        minibatches(x, batch_size, generator),
+        total=-(-x.shape[0] // batch_size),
+        desc=description,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    )
+    for i, xb in enumerate(batches):
+        total += step(xb)
+        seen += xb.shape[0]
+        if progress and i % 20 == 0:
+            batches.set_postfix(loss=f"{total.item() / seen:.2f}", **(status() if status else {}))
+    return total.item() / seen
+
+
 class SVITrainer:
     """Trains a :class:`~pyro_vae.vae.VAE` by SVI on a Pyro objective.
 
@@ -117,22 +146,7 @@ class SVITrainer:
         """One pass over ``x`` in shuffled minibatches; returns the mean loss per data point."""
         self.vae.check_data(x)
         self.vae.train()
-        total = torch.zeros(())
-        seen = 0
-        batches = tqdm(
-            minibatches(x, batch_size, generator),
-            total=-(-x.shape[0] // batch_size),
-            desc=description,
-            disable=not progress,
-            leave=False,
-            unit="batch",
-        )
-        for i, xb in enumerate(batches):
-            total += self.step(xb)
-            seen += xb.shape[0]
-            if progress and i % 20 == 0:  # a host sync only for the progress bar
-                batches.set_postfix(loss=f"{total.item() / seen:.2f}")
-        return total.item() / seen
+        return epoch_loop(self.step, x, batch_size, generator, progress, description)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "step_count": self.step_count}
