@@ -65,7 +65,10 @@ def gradient_step(
     for p in params:
         p.grad = None
     (loss / batch_size).backward(inputs=params)
-    norm = torch.nn.utils.clip_grad_norm_(params, clip_norm or float("inf"))
+    if clip_norm is None:  # only check the norm; clipping would rescale every gradient by 1
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
     if not torch.isfinite(norm):
         raise TrainingDiverged(f"the gradient norm became {norm.item()}")
     for optimizer in optimizers:
