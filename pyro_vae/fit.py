@@ -262,14 +262,18 @@ def checkpoint_state(
 
 
 def load_vae(
-    run_dir: str, device: str = "cpu", prior: nn.Module | None = None
+    run_dir: str,
+    device: str = "cpu",
+    prior: nn.Module | None = None,
+    state: dict | None = None,
 ) -> tuple[VAE, TrainConfig]:
     """Rebuild the trained VAE of a run folder from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
-    ``prior``; its learned parameters are then loaded from the checkpoint.
+    ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
+    checkpoint's contents if already loaded (saves reading it twice).
     """
-    state = Run(run_dir).load_checkpoint()
+    state = Run(run_dir).load_checkpoint() if state is None else state
     config = TrainConfig.from_dict(state["config"])
     if config.prior == "custom" and prior is None:
         raise UserError(f"{run_dir} was trained with a custom prior; pass load_vae(..., prior=...)")

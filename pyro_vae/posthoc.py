@@ -29,7 +29,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[VAE, Ima
     run = Run(run_dir)
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
-    vae, config = load_vae(str(run_dir))
+    state = run.load_checkpoint()
+    vae, config = load_vae(str(run_dir), state=state)
     data = load_data(
         config.dataset,
         data_dir or config.data_dir,
@@ -46,7 +47,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[VAE, Ima
             f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "
             f"{data.data_dim} pixels)"
         ) from None
-    return vae, data, int(run.load_checkpoint()["epoch"])
+    return vae, data, int(state["epoch"])
 
 
 def evaluate_run(
