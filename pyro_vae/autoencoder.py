@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_vae.data import minibatches
 from pyro_vae.networks import mlp
+from pyro_vae.svi import epoch_loop, gradient_step
 
 __all__ = ["Autoencoder", "train_autoencoder", "reconstruction_error"]
 
@@ -61,15 +61,12 @@ def train_autoencoder(
     generator: torch.Generator | None = None,
 ) -> list[float]:
     """Minimise ||x - g(f(x))||^2 by Adam over shuffled minibatches; the mean loss per epoch."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for _ in range(epochs):
-        total = torch.zeros(())
-        for xb in minibatches(x, batch_size, generator):
-            loss = (xb - model(xb)).pow(2).sum(-1).sum()
-            optimizer.zero_grad(set_to_none=True)
-            (loss / xb.shape[0]).backward()
-            optimizer.step()
-            total += loss.detach()
-        history.append(total.item() / x.shape[0])
-    return history
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr)
+
+    def step(xb: torch.Tensor) -> torch.Tensor:
+        loss = (xb - model(xb)).pow(2).sum()
+        gradient_step(loss, xb.shape[0], params, [optimizer])
+        return loss.detach()
+
+    return [epoch_loop(step, x, batch_size, generator) for _ in range(epochs)]

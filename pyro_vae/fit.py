@@ -1,13 +1,13 @@
 """Train a VAE end to end: data, model, trainer, run folder, one row of metrics per epoch.
 
-    data, vae, trainer = setup(config)
-    run = Run.create(out)                  # or, with --resume, restore the run's checkpoint
-    for epoch in 1..E:
-        train_loss = trainer.train_epoch(training data for this epoch)   # SVI or EM
-        test = evaluate_elbo(vae, test data)          # ELBO, recon, KL per datum
-        every --eval-every epochs: test IWAE, active units, MI (pyro_vae.metrics)
-        run.log(row); every --checkpoint-every epochs: run.save_checkpoint(state)
-    write_figures(...)
+data, vae, trainer = setup(config)
+run = Run.create(out)                  # or, with --resume, restore the run's checkpoint
+for epoch in 1..E:
+    train_loss = trainer.train_epoch(training data for this epoch)   # SVI or EM
+    test = evaluate_elbo(vae, test data)          # ELBO, recon, KL per datum
+    every --eval-every epochs: test IWAE, active units, MI (pyro_vae.metrics)
+    run.log(row); every --checkpoint-every epochs: run.save_checkpoint(state)
+write_figures(...)
 """
 
 import copy
