@@ -199,11 +199,13 @@ class EMTrainer:
         generator: torch.Generator | None = None,
         progress: bool = False,
         description: str = "",
+        check: bool = True,
     ) -> float:
         """One pass of M-steps over ``x`` in shuffled minibatches (E-steps draw fresh ones from
         ``x``); returns the mean M-step loss per data point. Under ``aggressive``, ends by
         measuring validation MI and deciding whether to keep doing EM."""
-        self.vae.check_data(x)
+        if check:  # fit checks its data once up front and passes check=False
+            self.vae.check_data(x)
         self.vae.train()
         self.inner_steps = 0
         fresh = random_minibatch(x, batch_size, generator)

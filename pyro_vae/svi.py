@@ -145,9 +145,11 @@ class SVITrainer:
         generator: torch.Generator | None = None,
         progress: bool = False,
         description: str = "",
+        check: bool = True,
     ) -> float:
         """One pass over ``x`` in shuffled minibatches; returns the mean loss per data point."""
-        self.vae.check_data(x)
+        if check:  # fit checks its data once up front and passes check=False
+            self.vae.check_data(x)
         self.vae.train()
         return epoch_loop(self.step, x, batch_size, generator, progress, description)
 
