@@ -30,3 +30,26 @@ def test_training_benchmark_runs_in_its_quickest_mode():
     )
     assert proc.returncode == 0, proc.stderr
     assert "| meanfield |" in proc.stdout and "| trace |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_evaluation_benchmark_runs_in_its_quickest_mode():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_evaluation.py"),
+            "--synthetic",
+            "--images",
+            "10",
+            "--samples",
+            "20",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| 20 |" in proc.stdout and "peak resident memory" in proc.stdout
