@@ -14,6 +14,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.posterior_sampling import KERNELS
 from pyro_vae.priors import PRIOR_HELP, parse_prior_spec
 
 __all__ = [
@@ -146,7 +147,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
     )
     train.add_argument(
-        "--algo", choices=ALGOS, default=d.algo, help="svi: joint steps; em: variational EM"
+        "--algo",
+        choices=ALGOS,
+        default=d.algo,
+        help="svi: joint steps; em: variational EM; mcem: Monte Carlo EM (no encoder)",
     )
     em = parser.add_argument_group("variational EM (--algo em)")
     em.add_argument(
@@ -164,6 +168,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     em.add_argument("--patience", type=positive_int, default=d.patience, help="aggressive: epochs")
     em.add_argument("--e-lr", type=positive_float, default=None, help="default: --lr")
     em.add_argument("--m-lr", type=positive_float, default=None, help="default: --lr")
+    mc = parser.add_argument_group("Monte Carlo EM (--algo mcem; see docs/mcem.md)")
+    mc.add_argument("--mc-kernel", choices=KERNELS, default=d.mc_kernel, help="MCMC kernel")
+    mc.add_argument(
+        "--mc-warmup", type=non_negative_int, default=d.mc_warmup, help="E-step warm-up iterations"
+    )
+    mc.add_argument(
+        "--mc-samples", type=positive_int, default=d.mc_samples, help="E-step samples kept"
+    )
+    mc.add_argument(
+        "--mc-leapfrog", type=positive_int, default=d.mc_leapfrog, help="HMC leapfrog steps"
+    )
+    mc.add_argument("--mc-target-accept", type=positive_float, default=d.mc_target_accept)
+    mc.add_argument(
+        "--mc-eval-warmup",
+        type=non_negative_int,
+        default=d.mc_eval_warmup,
+        help="evaluation chains' warm-up (they fit the proposal of the IWAE estimate)",
+    )
+    mc.add_argument("--mc-eval-samples", type=positive_int, default=d.mc_eval_samples)
     ev = parser.add_argument_group("held-out metrics during training (see docs/evaluation.md)")
     ev.add_argument(
         "--eval-every",

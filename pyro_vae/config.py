@@ -17,11 +17,12 @@ from pyro_vae.errors import UserError
 from pyro_vae.likelihoods import LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.networks import ARCHS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.posterior_sampling import KERNELS
 from pyro_vae.priors import parse_prior_spec
 
 __all__ = ["TrainConfig", "ALGOS"]
 
-ALGOS = ("svi", "em")
+ALGOS = ("svi", "em", "mcem")
 
 
 @dataclass
@@ -62,6 +63,15 @@ class TrainConfig:
     patience: int = 1
     e_lr: float | None = None
     m_lr: float | None = None
+    # Monte Carlo EM (--algo mcem; see pyro_vae/mcem.py): the E-step's MCMC chains, and the
+    # chains that fit the Gaussian proposal used to evaluate a model trained without a guide
+    mc_kernel: str = "hmc"
+    mc_warmup: int = 10
+    mc_samples: int = 5
+    mc_leapfrog: int = 10
+    mc_target_accept: float = 0.8
+    mc_eval_warmup: int = 100
+    mc_eval_samples: int = 50
     # held-out metrics during training (pyro_vae.metrics): every eval_every epochs and at the
     # last epoch, on the first eval_limit test images with eval_iw_samples importance samples
     eval_every: int = 5
@@ -83,6 +93,7 @@ class TrainConfig:
             "elbo": OBJECTIVES,
             "algo": ALGOS,
             "e_rule": E_RULES,
+            "mc_kernel": KERNELS,
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
         }
@@ -93,6 +104,7 @@ class TrainConfig:
                 )
         positive = ["z_dim", "num_particles", "epochs", "batch_size", "lr", "beta"]
         positive += ["e_steps", "e_check", "e_max", "patience", "checkpoint_every"]
+        positive += ["mc_samples", "mc_leapfrog", "mc_eval_samples"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -106,6 +118,12 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
             raise UserError("--e-rule aggressive measures mutual information on --val-size N > 0")
+        if self.mc_eval_samples < 2:
+            raise UserError("--mc-eval-samples must be at least 2 (a proposal's spread needs two)")
+        if min(self.mc_warmup, self.mc_eval_warmup) < 0 or not 0 < self.mc_target_accept < 1:
+            raise UserError("--mc-warmup must be >= 0 and --mc-target-accept in (0, 1)")
+        if self.algo == "mcem" and self.prior.startswith("vamp"):
+            raise UserError("--algo mcem trains no encoder, which the VampPrior is built from")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise UserError("--clip-norm must be positive")
         if self.val_size < 0 or self.kl_warmup < 0:

@@ -119,6 +119,15 @@ class ImageData:
             return torch.bernoulli(self.train, generator=generator)
         return self.train
 
+    def train_sample(self, limit: int) -> torch.Tensor:
+        """The first ``limit`` training images as evaluations see them: binarized once with the
+        fixed seed of the held-out splits when binarization is dynamic (for train-set curves)."""
+        train = self.train[:limit]
+        if self.binarize == "dynamic":
+            eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+            return torch.bernoulli(train, generator=eval_g)
+        return train
+
 
 def load_data(
     dataset: str = "mnist",

@@ -26,21 +26,25 @@ from pyro_vae.data import ImageData, load_data
 from pyro_vae.em import EMTrainer
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.metrics import heldout_metrics
+from pyro_vae.mcem import MCEMTrainer
+from pyro_vae.metrics import heldout_metrics, log_likelihood
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
+from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder
 from pyro_vae.priors import has_closed_form_kl
 from pyro_vae.resume import restore
 from pyro_vae.run import Run, default_run_dir
 from pyro_vae.svi import KLWarmup, SVITrainer
 from pyro_vae.vae import VAE, build_vae
 
+Trainer = SVITrainer | EMTrainer | MCEMTrainer
+
 __all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table", "heldout_columns"]
 
 
 def setup(
     config: TrainConfig, prior: nn.Module | None = None
-) -> tuple[ImageData, VAE, SVITrainer | EMTrainer, torch.Generator]:
+) -> tuple[ImageData, VAE, Trainer, torch.Generator]:
     """Seed every generator, load the data and build the VAE and its trainer.
 
     ``prior``: a prior module of the user's own (see :mod:`pyro_vae.priors` for the protocol)
@@ -72,11 +76,20 @@ def setup(
     return data, vae, make_trainer(config, vae, data), data_rng
 
 
-def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> SVITrainer | EMTrainer:
+def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
     """The trainer ``--algo`` names, with the objective, learning rates and KL schedule."""
     steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
     objective = make_objective(config.elbo, config.num_particles)
     kl_weight = KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch))
+    if config.algo == "mcem":
+        chain = ChainSettings(
+            config.mc_kernel,
+            config.mc_warmup,
+            config.mc_samples,
+            config.mc_leapfrog,
+            config.mc_target_accept,
+        )
+        return MCEMTrainer(vae, data.train.shape[0], chain, config.lr, config.clip_norm)
     if config.algo == "svi":
         return SVITrainer(
             vae, objective, lr=config.lr, kl_weight=kl_weight, clip_norm=config.clip_norm
@@ -97,9 +110,9 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> SVITrainer |
     )
 
 
-def update_counts(trainer: SVITrainer | EMTrainer) -> dict:
+def update_counts(trainer: Trainer) -> dict:
     """Encoder and decoder updates so far and this epoch's E-step steps (none for SVI)."""
-    if isinstance(trainer, EMTrainer):
+    if isinstance(trainer, EMTrainer | MCEMTrainer):
         return trainer.epoch_record()
     n = trainer.step_count
     return {"encoder_updates": n, "decoder_updates": n, "inner_steps": 0, "val_mi": None}
@@ -108,7 +121,10 @@ def update_counts(trainer: SVITrainer | EMTrainer) -> dict:
 def _build(
     config: TrainConfig, data_dim: int, prior: nn.Module | None, image_shape=(28, 28)
 ) -> VAE:
-    return build_vae(
+    """The VAE ``config`` describes. Under Monte Carlo EM, which trains no guide, its encoder
+    is a :class:`PosteriorEncoder`: Gaussians fitted to HMC samples of p(z|x), so every
+    evaluation written against ``vae.guide`` (ELBO, IWAE, active units, figures) applies."""
+    vae = build_vae(
         data_dim,
         config.z_dim,
         config.hidden_dims,
@@ -118,6 +134,16 @@ def _build(
         gaussian_scale=config.gaussian_scale,
         image_shape=image_shape,
     )
+    if config.algo == "mcem":
+        settings = ChainSettings(
+            config.mc_kernel,
+            config.mc_eval_warmup,
+            config.mc_eval_samples,
+            config.mc_leapfrog,
+            config.mc_target_accept,
+        )
+        vae.encoder = PosteriorEncoder(vae.model, settings, config.z_dim)
+    return vae
 
 
 def _check_data(vae: VAE, data: ImageData) -> None:
@@ -185,7 +211,7 @@ def train_one_epoch(
     config: TrainConfig,
     data: ImageData,
     vae: VAE,
-    trainer: SVITrainer | EMTrainer,
+    trainer: Trainer,
     data_rng: torch.Generator,
     epoch: int,
 ) -> dict:
@@ -201,6 +227,7 @@ def train_one_epoch(
         check=False,  # checked once in setup(); dynamic binarization keeps it binary
     )
     seconds = time.perf_counter() - start
+    train_sample = data.train_sample(config.eval_limit)
     test = evaluate_elbo(vae, data.test.to(device))
     val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
     if not config.quiet:
@@ -219,30 +246,42 @@ def train_one_epoch(
         "kl_weight": trainer.kl_weight(trainer.step_count - 1),
         "seconds": seconds,
         **update_counts(trainer),
-        **heldout_columns(config, vae, data.test.to(device), epoch),
+        **heldout_columns(config, vae, data.test.to(device), epoch, train_sample.to(device)),
     }
 
 
-def heldout_columns(config: TrainConfig, vae: VAE, test: torch.Tensor, epoch: int) -> dict:
+def heldout_columns(
+    config: TrainConfig,
+    vae: VAE,
+    test: torch.Tensor,
+    epoch: int,
+    train: torch.Tensor | None = None,
+) -> dict:
     """``test_iwae``, ``active_units``, ``mutual_info`` on the first ``eval_limit`` test images
-    every ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
+    (and ``train_iwae`` on ``train``, training images as evaluation sees them) every
+    ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
 
     The evaluation draws from a forked torch RNG, so turning it on does not change training.
     """
     columns = {"test_iwae": "iwae", "active_units": "active_units", "mutual_info": "mutual_info"}
     due = config.eval_every > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
     if not due:
-        return dict.fromkeys(columns)
+        return {**dict.fromkeys(columns), "train_iwae": None}
     with torch.random.fork_rng(devices=[]):
         m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
-    return {column: m[key] for column, key in columns.items()}
+        train_iwae = (
+            log_likelihood(vae, train[: config.eval_limit], config.eval_iw_samples).mean().item()
+            if train is not None
+            else None
+        )
+    return {**{column: m[key] for column, key in columns.items()}, "train_iwae": train_iwae}
 
 
 def checkpoint_state(
     config: TrainConfig,
     data: ImageData,
     vae: VAE,
-    trainer: SVITrainer | EMTrainer,
+    trainer: Trainer,
     epoch: int,
     data_rng: torch.Generator,
 ) -> dict:

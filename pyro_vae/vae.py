@@ -114,8 +114,8 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """q_phi(z|x): the encoder's diagonal Gaussian, reparameterized (z = mu + sigma * eps)."""
         pyro.module("encoder", self.encoder)
+        loc, scale = self.encoder(x)
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encoder(x)
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
