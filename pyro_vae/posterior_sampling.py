@@ -112,8 +112,8 @@ class PosteriorEncoder(nn.Module):
     linear-Gaussian model of the tests, with 100 warm-up iterations and 50 samples, 1.5 keeps
     L_200 within 0.05 nats of the exact log p(x) on average, 0.25 at worst). Chains start at
     z = 0 (the mode of a standard normal prior) and run on chunks of ``chunk`` data points;
-    each point's fit is reused until the model's parameters change. It has no parameters; ``model`` is the
-    VAE's model program, held by reference.
+    each point's fit is reused until the model's parameters change. It has no parameters;
+    ``model`` is the VAE's model program, held by reference.
     """
 
     def __init__(
