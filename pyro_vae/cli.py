@@ -273,13 +273,30 @@ def _train(config: TrainConfig) -> None:
     print(summary_table(fit(config)))
 
 
+def algo_names(text: str) -> list[str]:
+    """``svi,em,mcem`` -> ["svi", "em", "mcem"], each checked against ``--algo``'s choices."""
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        if name not in ALGOS:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {name!r} (choose from {', '.join(ALGOS)})"
+            )
+    return names
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """The training flags, with ``--algo`` and ``--e-rule`` taking lists: one run per
     algorithm, and one EM run per E-step rule. ``parser`` must be made with
     ``conflict_handler="resolve"`` (the list flags replace the single-valued ones)."""
     add_train_arguments(parser)
     parser.add_argument(
-        "--algo", choices=ALGOS, nargs="+", default=list(ALGOS), help="algorithms to compare"
+        "--algo",
+        "--algos",
+        type=algo_names,
+        nargs="+",
+        default=[["svi", "em"]],
+        metavar="ALGO",
+        help="algorithms to compare, space- or comma-separated: svi em mcem (default: svi em)",
     )
     parser.add_argument(
         "--e-rule",

@@ -1,9 +1,12 @@
-"""SVI against variational EM on one problem: same data, seed, architecture, prior, likelihood
-and number of epochs (so the same number of decoder updates), each in its own run folder.
+"""SVI, variational EM and Monte Carlo EM on one problem: same data, seed, architecture, prior,
+likelihood and number of epochs (so the same number of decoder updates), each in its own run
+folder.
 
     out/
-      svi/ em-converge/ ...         one ordinary run folder per algorithm (and E-step rule)
-      comparison.png                test ELBO against wall-clock seconds and against epochs
+      svi/ em-converge/ mcem/ ...   one ordinary run folder per algorithm (and E-step rule)
+      comparison.png                test ELBO (top) and estimated log p(x) on train and test
+                                    images (bottom) against wall-clock seconds and against
+                                    epochs / training examples seen
       comparison.md, comparison.csv the final numbers, one row per run
 
 The final evaluations of the table are the functions in :data:`EVALUATIONS` (name -> function
@@ -73,8 +76,8 @@ class Comparison:
 
 
 def run_name(config: TrainConfig) -> str:
-    """``svi``, or ``em-<rule>`` for variational EM."""
-    return config.algo if config.algo == "svi" else f"em-{config.e_rule}"
+    """``svi``, ``mcem``, or ``em-<rule>`` for variational EM."""
+    return f"em-{config.e_rule}" if config.algo == "em" else config.algo
 
 
 def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:
@@ -86,7 +89,8 @@ def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:
     }
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
     configs = []
-    for algo in dict.fromkeys(args.algo):
+    algos = [name for names in args.algo for name in names]  # --algo svi,em mcem: lists
+    for algo in dict.fromkeys(algos):
         rules = dict.fromkeys(args.e_rule) if algo == "em" else [TrainConfig().e_rule]
         configs += [TrainConfig(algo=algo, e_rule=rule, **fields) for rule in rules]
     return configs
@@ -101,23 +105,47 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
-    """Test ELBO per data point against cumulative training seconds and against epochs."""
-    fig, (ax_time, ax_epoch) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for name, metrics in curves.items():
-        elbo = [m["test_elbo"] for m in metrics]
-        seconds, elapsed = [], 0.0
-        for m in metrics:
-            elapsed += m["seconds"]
-            seconds.append(elapsed)
-        ax_time.plot(seconds, elbo, "o-", label=name)
-        ax_epoch.plot([m["epoch"] for m in metrics], elbo, "o-", label=name)
-    ax_time.set_xlabel("training seconds (wall clock)")
-    ax_epoch.set_xlabel("epoch (= decoder updates / steps per epoch)")
-    ax_time.set_ylabel("test ELBO (nats per data point)")
-    for ax in (ax_time, ax_epoch):
+def _cumulative_seconds(metrics: list[dict[str, float]]) -> list[float]:
+    seconds, elapsed = [], 0.0
+    for m in metrics:
+        elapsed += m["seconds"]
+        seconds.append(elapsed)
+    return seconds
+
+
+def plot_comparison(
+    curves: dict[str, list[dict[str, float]]], path: Path, num_train: int | None = None
+) -> None:
+    """Test ELBO (top) and the estimated log p(x) on training and test images (bottom, at the
+    evaluated epochs) against cumulative training seconds and against epochs / training
+    examples seen (``num_train`` per epoch)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
+    for i, (name, metrics) in enumerate(curves.items()):
+        color = f"C{i}"
+        seconds = _cumulative_seconds(metrics)
+        seen = [m["epoch"] * (num_train or 1) for m in metrics]
+        for ax, xs in zip(axes[0], (seconds, [m["epoch"] for m in metrics]), strict=True):
+            points = [(x, m["test_elbo"]) for x, m in zip(xs, metrics, strict=True)]
+            points = [(x, y) for x, y in points if math.isfinite(y)]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-", color=color, label=name)
+        for column, style in (("train_iwae", "o-"), ("test_iwae", "s--")):
+            for ax, xs in zip(axes[1], (seconds, seen), strict=True):
+                points = [(x, m.get(column, math.nan)) for x, m in zip(xs, metrics, strict=True)]
+                points = [(x, y) for x, y in points if math.isfinite(y)]
+                if points:
+                    label = f"{name} {column.split('_')[0]}"
+                    ax.plot(*zip(*points, strict=True), style, color=color, label=label)
+    axes[0, 0].set_ylabel("test ELBO (nats per data point)")
+    axes[1, 0].set_ylabel("estimated log p(x) (IWAE bound)")
+    for ax in axes[:, 0]:
+        ax.set_xlabel("training seconds (wall clock)")
+    axes[0, 1].set_xlabel("epoch")
+    axes[1, 1].set_xlabel("training examples seen" if num_train else "epoch")
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-    ax_epoch.legend()
+    axes[0, 1].legend()
+    axes[1, 1].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -128,6 +156,7 @@ def _final_row(name: str, run: Run, test: torch.Tensor) -> dict:
     last = metrics[-1]
     row = {"run": name, "epochs": int(last["epoch"])}
     row.update({k: last[k] for k in ("test_elbo", "test_recon", "test_kl")})
+    row.update({k: last.get(k, math.nan) for k in ("train_iwae", "test_iwae")})
     vae, _ = load_vae(str(run.path))
     torch.manual_seed(0)  # the same Monte Carlo draws for every model
     for column, evaluate in EVALUATIONS.items():
@@ -156,7 +185,7 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         if not config.quiet:
             print(f"== {name} ==", flush=True)
         runs[name] = fit(config)
-    test = load_data(
+    data = load_data(
         base.dataset,
         base.data_dir,
         base.binarize,
@@ -164,11 +193,12 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         base.limit_train,
         base.limit_test,
         base.seed,
-    ).test
-    rows = [_final_row(name, run, test) for name, run in runs.items()]
+    )
+    rows = [_final_row(name, run, data.test) for name, run in runs.items()]
     markdown = _markdown(rows)
     paths = root / "comparison.png", root / "comparison.csv", root / "comparison.md"
-    plot_comparison({name: run.read_metrics() for name, run in runs.items()}, paths[0])
+    curves = {name: run.read_metrics() for name, run in runs.items()}
+    plot_comparison(curves, paths[0], len(data.train))
     with paths[1].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -228,8 +228,13 @@ def train_one_epoch(
     )
     seconds = time.perf_counter() - start
     train_sample = data.train_sample(config.eval_limit)
-    test = evaluate_elbo(vae, data.test.to(device))
-    val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
+    if config.algo == "mcem" and not evaluation_due(config, epoch):
+        # Without an encoder every held-out number needs MCMC chains: only every --eval-every.
+        test = dict.fromkeys(("elbo", "recon", "kl"), math.nan)
+        val = None
+    else:
+        test = evaluate_elbo(vae, data.test.to(device))
+        val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
     if not config.quiet:
         print(
             f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
@@ -250,6 +255,11 @@ def train_one_epoch(
     }
 
 
+def evaluation_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether ``epoch`` gets the held-out metrics: every ``eval_every`` epochs and the last."""
+    return config.eval_every > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
+
+
 def heldout_columns(
     config: TrainConfig,
     vae: VAE,
@@ -264,8 +274,7 @@ def heldout_columns(
     The evaluation draws from a forked torch RNG, so turning it on does not change training.
     """
     columns = {"test_iwae": "iwae", "active_units": "active_units", "mutual_info": "mutual_info"}
-    due = config.eval_every > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
-    if not due:
+    if not evaluation_due(config, epoch):
         return {**dict.fromkeys(columns), "train_iwae": None}
     with torch.random.fork_rng(devices=[]):
         m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
