@@ -19,10 +19,12 @@ from pyro_vae.likelihoods import (
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
 )
+from pyro_vae.mcem import MCEMTrainer
 from pyro_vae.metrics import active_units, heldout_metrics, log_likelihood
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyro_vae.objectives import iwae_loss, make_objective
+from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
 from pyro_vae.priors import FlowPrior, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from pyro_vae.run import Run
 from pyro_vae.svi import KLWarmup, SVITrainer
@@ -51,6 +53,10 @@ __all__ = [
     "SVITrainer",
     "KLWarmup",
     "EMTrainer",
+    "MCEMTrainer",
+    "ChainSettings",
+    "sample_posterior",
+    "PosteriorEncoder",
     "make_trainer",
     "mutual_information",
     "log_likelihood",

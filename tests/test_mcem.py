@@ -3,8 +3,10 @@ its exact marginal likelihood, E- and M-steps touch only what they should, the G
 fitted to chains estimates log p(x), and ``--algo mcem`` runs, resumes and compares end to end."""
 
 import csv
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +170,36 @@ def test_config_accepts_mcem_defaults():
     TrainConfig(algo="mcem").validate()
     with pytest.raises(UserError):
         TrainConfig(algo="mcem", mc_warmup=-1).validate()
+
+
+def test_compare_runs_svi_em_and_mcem_end_to_end(fake_data_dir, tmp_path):
+    out = tmp_path / "kw"
+    argv = ["compare", "--algos", "svi,em,mcem", "--data-dir", str(fake_data_dir)]
+    argv += ["--epochs", "2", "--z-dim", "2", "--hidden-dims", "16", "--limit-train", "60"]
+    argv += ["--limit-test", "20", "--batch-size", "20", "--e-max", "4", "--e-check", "2"]
+    argv += ["--mc-warmup", "3", "--mc-samples", "2", "--mc-eval-warmup", "3"]
+    argv += ["--mc-eval-samples", "3", "--eval-every", "1", "--eval-iw-samples", "5"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    with (out / "comparison.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"svi", "em-converge", "mcem"}
+    assert {int(r["decoder_updates"]) for r in rows.values()} == {6}
+    assert int(rows["mcem"]["encoder_updates"]) == 0
+    for row in rows.values():
+        for column in ("train_iwae", "test_iwae", "test_iwae_50"):
+            assert math.isfinite(float(row[column]))
+    assert (out / "comparison.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_compare_methods_example_runs(fake_data_dir, tmp_path):
+    path = Path(__file__).parents[1] / "examples" / "compare_methods.py"
+    spec = importlib.util.spec_from_file_location("compare_methods", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--data-dir", str(fake_data_dir), "--epochs", "1", "--limit-train", "40"]
+    argv += ["--limit-test", "10", "--eval-limit", "10", "--eval-iw-samples", "4", "--e-max", "4"]
+    argv += ["--mc-eval-warmup", "2", "--mc-eval-samples", "2", "--out", str(tmp_path / "o")]
+    assert module.main([*argv, "--quiet"]) == 0
+    config = json.loads((tmp_path / "o" / "mcem" / "config.json").read_text())
+    assert (config["z_dim"], config["hidden_dims"], config["limit_train"]) == (3, [100], 40)
