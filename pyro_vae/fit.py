@@ -185,8 +185,9 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             else:
                 unsaved = copy.deepcopy(state)
     except KeyboardInterrupt:
-        if unsaved is not None and main:
-            run.save_checkpoint(unsaved)
+        if unsaved is not None:
+            if main:
+                run.save_checkpoint(unsaved)
             saved = unsaved["epoch"]
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}; epoch {saved} is saved in {run.path}; "

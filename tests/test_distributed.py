@@ -89,13 +89,20 @@ def test_without_torchrun_every_helper_is_the_identity(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "algo", [["--algo", "svi"], ["--algo", "em", "--e-rule", "converge", "--e-check", "2"]]
+    "algo",
+    [
+        ["--algo", "svi"],
+        ["--algo", "em", "--e-rule", "converge", "--e-check", "2"],
+        ["--algo", "em", "--e-rule", "aggressive", "--e-check", "2", "--val-size", "100"],
+    ],
+    ids=["svi", "em-converge", "em-aggressive"],
 )
 def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
     fake_data_dir, tmp_path, algo
 ):
     """Each rank draws its own reparameterization noise, yet the summed gradients keep the
-    parameters identical; under EM the converge rule stops every E-step on all ranks alike."""
+    parameters identical; under EM the converge rule stops every E-step on all ranks alike and
+    the aggressive rule switches to SVI on all ranks in the same epoch."""
     ranks = worker(fake_data_dir, tmp_path, "--epochs", "3", "--batch-size", "50", *algo)
     first, second = ranks[0]["vae"], ranks[1]["vae"]
     assert first.keys() == second.keys()
@@ -107,7 +114,9 @@ def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "algo", [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]]
+    "algo",
+    [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
+    ids=["svi", "em-fixed"],
 )
 def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(fake_data_dir, tmp_path, algo):
     """Same seed, so the same shuffles and binarizations: 2 ranks x 30 images per step take the
@@ -161,16 +170,25 @@ def test_torchrun_cli_writes_from_rank_0_only_and_resumes_exactly(fake_data_dir,
     assert "trained with 2 process(es)" in alone.stderr
 
 
-def test_a_user_error_on_rank_0_stops_every_rank_with_one_line(fake_data_dir, tmp_path):
-    """The run folder is made on rank 0 only; its refusal reaches rank 1, which would otherwise
-    wait for rank 0 forever."""
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "file").write_text("x")
-    done = train(fake_data_dir, "--out", str(out), "--epochs", "1")
+@pytest.mark.parametrize(
+    "mistake, message",
+    [
+        (["--epochs", "0"], "'0' is not a positive integer"),  # argparse, before any collective
+        (["--out", "TAKEN"], "already holds files"),  # found by rank 0 alone, sent to rank 1
+    ],
+    ids=["bad-flag", "taken-folder"],
+)
+def test_a_user_error_stops_every_rank_with_one_line(fake_data_dir, tmp_path, mistake, message):
+    """Each rank exits with one line on stderr and no traceback of its own; none waits for
+    another forever."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    args = [str(taken) if a == "TAKEN" else a for a in mistake]
+    done = train(fake_data_dir, "--epochs", "1", "--out", str(tmp_path / "run"), *args)
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("pyro-vae: error:")]
-    assert len(errors) == 2 and all("already holds files" in line for line in errors)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("pyro-vae")]
+    assert len(errors) == 2 and all(message in line for line in errors), done.stderr[-2000:]
     # torchrun prints its own traceback (ChildFailedError); none comes from the workers
     assert not [line for line in done.stderr.splitlines() if "pyro_vae" in line and "File" in line]
-    assert sorted(p.name for p in out.iterdir()) == ["file"]
+    assert sorted(p.name for p in taken.iterdir()) == ["file"]
