@@ -268,9 +268,12 @@ def run_cli(job: Callable[[], object]) -> int:
 
 
 def _train(config: TrainConfig) -> None:
+    from pyro_vae import distributed
     from pyro_vae.fit import fit, summary_table
 
-    print(summary_table(fit(config)))
+    run = fit(config)
+    if distributed.is_main():  # under torchrun, one summary
+        print(summary_table(run))
 
 
 def algo_names(text: str) -> list[str]:

@@ -7,6 +7,7 @@ log-likelihoods; Adam with lr 1e-3 and batch 128 are the usual choices for this 
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +123,8 @@ class TrainConfig:
             raise UserError("--mc-eval-samples must be at least 2 (a proposal's spread needs two)")
         if min(self.mc_warmup, self.mc_eval_warmup) < 0 or not 0 < self.mc_target_accept < 1:
             raise UserError("--mc-warmup must be >= 0 and --mc-target-accept in (0, 1)")
+        if self.algo == "mcem" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--algo mcem runs in one process; launch it without torchrun")
         if self.algo == "mcem" and self.prior.startswith("vamp"):
             raise UserError("--algo mcem trains no encoder, which the VampPrior is built from")
         if self.clip_norm is not None and not self.clip_norm > 0:

@@ -23,6 +23,11 @@ on the data, not on one batch), stopped by one of three rules (``--e-rule``):
 Each group has its own ``torch.optim.Adam`` and gradients are computed with
 ``backward(inputs=group)``: the frozen group neither changes nor accumulates ``.grad``
 (``poutine.block`` would hide it from an optimizer but still fill its ``.grad``).
+
+Under torchrun (:mod:`pyro_vae.distributed`) each E-step and M-step sums only its own group's
+gradients over ranks, and the losses the ``converge`` rule compares are those summed over
+ranks, so every rank takes the same number of inner steps; the ``aggressive`` rule uses rank
+0's mutual information on every rank.
 """
 
 import math
@@ -31,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pyro_vae import distributed
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.objectives import Objective
 from pyro_vae.svi import KLWarmup, epoch_loop, gradient_step
@@ -144,21 +150,25 @@ class EMTrainer:
 
     # --- gradient steps on one group ----------------------------------------------------------
     def _update(self, x: torch.Tensor, guide: bool, model: bool) -> torch.Tensor:
-        """One Adam step on the chosen groups; the other group is untouched, its .grad None."""
+        """One Adam step on the chosen groups; the other group is untouched, its .grad None.
+        Returns the loss summed over ``x`` (over every rank's shard under torch.distributed)."""
         params = (self.guide_params if guide else []) + (self.model_params if model else [])
         optimizers = [
             opt
             for opt, chosen in ((self.e_optimizer, guide), (self.m_optimizer, model))
             if chosen and opt is not None
         ]
-        loss = self.objective(self.vae.model, self.vae.guide, x, self.kl_weight(self.step_count))
+        kl_weight = self.kl_weight(self.step_count)
+        loss = self.objective(self.vae.model, self.vae.guide, distributed.shard(x), kl_weight)
         for p in self.guide_params + self.model_params:
             p.grad = None
         if params:
-            gradient_step(loss, x.shape[0], params, optimizers, self.clip_norm)
+            total = gradient_step(loss, x.shape[0], params, optimizers, self.clip_norm)
+        else:
+            total = torch.tensor(distributed.all_sum([loss.item()])[0]).to(loss)
         self.encoder_updates += int(guide)
         self.decoder_updates += int(model)
-        return loss.detach()
+        return total
 
     def e_step(self, x: torch.Tensor, fresh: Callable[[], torch.Tensor] | None = None) -> int:
         """Guide-only updates, the first on ``x`` and the rest on ``fresh()`` minibatches
@@ -219,7 +229,8 @@ class EMTrainer:
             status=lambda: {"inner": self.inner_steps},
         )
         if self.e_rule == "aggressive" and self.em_active:
-            self.update_aggressive(mutual_information(self.vae, self.mi_data))
+            mi = mutual_information(self.vae, self.mi_data)
+            self.update_aggressive(distributed.from_main(mi))  # every rank decides alike
         return loss
 
     def update_aggressive(self, mi: float) -> None:

@@ -8,6 +8,9 @@ for epoch in 1..E:
     every --eval-every epochs: test IWAE, active units, MI (pyro_vae.metrics)
     run.log(row); every --checkpoint-every epochs: run.save_checkpoint(state)
 write_figures(...)
+
+Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard each minibatch of
+--batch-size x ranks images, evaluation is sharded, and only rank 0 writes the run folder.
 """
 
 import copy
@@ -21,13 +24,14 @@ import pyro
 import torch
 from torch import nn
 
+from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, load_data
 from pyro_vae.em import EMTrainer
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.mcem import MCEMTrainer
-from pyro_vae.metrics import heldout_metrics, log_likelihood
+from pyro_vae.metrics import heldout_metrics, log_likelihood_mean_sem
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import write_figures
 from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder
@@ -53,6 +57,7 @@ def setup(
     if prior is not None:
         config.prior = "custom"
     config.validate()
+    distributed.init_from_env(config.device)  # joins torchrun's process group, if launched
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = load_data(
@@ -73,12 +78,15 @@ def setup(
             stacklevel=2,
         )
     vae.to(config.device)
+    distributed.broadcast_module(vae)
+    if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
+        torch.manual_seed(config.seed + distributed.rank())
     return data, vae, make_trainer(config, vae, data), data_rng
 
 
 def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
     """The trainer ``--algo`` names, with the objective, learning rates and KL schedule."""
-    steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
+    steps_per_epoch = math.ceil(data.train.shape[0] / global_batch_size(config))
     objective = make_objective(config.elbo, config.num_particles)
     kl_weight = KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch))
     if config.algo == "mcem":
@@ -108,6 +116,11 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
         mi_data=data.val.to(config.device) if data.val is not None else None,
         clip_norm=config.clip_norm,
     )
+
+
+def global_batch_size(config: TrainConfig) -> int:
+    """The minibatch of one update: ``--batch-size`` per rank times the number of ranks."""
+    return config.batch_size * distributed.world_size()
 
 
 def update_counts(trainer: Trainer) -> dict:
@@ -169,28 +182,38 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     checkpoint untouched (:class:`TrainingDiverged`).
     """
     data, vae, trainer, data_rng = setup(config, prior)
+    main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
     if config.resume:
         run = Run(config.resume)
-        done = restore(run.load_checkpoint(), vae, trainer, data_rng, config.epochs)
-        run.truncate_metrics(done)
+        done = restore(
+            distributed.on_main(run.load_checkpoint), vae, trainer, data_rng, config.epochs
+        )
+        if main:
+            run.truncate_metrics(done)
     else:
-        run, done = Run.create(config.out or default_run_dir(config.algo), config.overwrite), 0
+        path = config.out or default_run_dir(config.algo)
+        run, done = Run(distributed.on_main(lambda: Run.create(path, config.overwrite).path)), 0
     config.out = str(run.path)
-    run.write_config(config.to_dict())
+    if main:
+        run.write_config(config.to_dict())
     saved, unsaved = done, None  # the last checkpointed epoch; a later completed one in memory
     epoch = done
     try:
         for epoch in range(done + 1, config.epochs + 1):
-            run.log(train_one_epoch(config, data, vae, trainer, data_rng, epoch))
+            row = train_one_epoch(config, data, vae, trainer, data_rng, epoch)
+            if main:
+                run.log(row)
             state = checkpoint_state(config, data, vae, trainer, epoch, data_rng)
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-                run.save_checkpoint(state)
+                if main:
+                    run.save_checkpoint(state)
                 saved, unsaved = epoch, None
             else:
                 unsaved = copy.deepcopy(state)
     except KeyboardInterrupt:
         if unsaved is not None:
-            run.save_checkpoint(unsaved)
+            if main:
+                run.save_checkpoint(unsaved)
             saved = unsaved["epoch"]
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}; epoch {saved} is saved in {run.path}; "
@@ -201,9 +224,11 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); the checkpoint of epoch "
             f"{saved} in {run.path} is kept; try a lower --lr or --clip-norm"
         ) from None
-    write_figures(
-        vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
-    )
+    if main:
+        write_figures(
+            vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
+        )
+    distributed.barrier()
     return run
 
 
@@ -218,11 +243,12 @@ def train_one_epoch(
     """Train one epoch, evaluate on the held-out sets; returns the row for ``metrics.csv``."""
     device = torch.device(config.device)
     start = time.perf_counter()
+    talk = not config.quiet and distributed.is_main()
     train_loss = trainer.train_epoch(
         data.train_epoch(data_rng).to(device),
-        config.batch_size,
+        global_batch_size(config),
         data_rng,
-        progress=not config.quiet,
+        progress=talk,
         description=f"epoch {epoch}/{config.epochs}",
         check=False,  # checked once in setup(); dynamic binarization keeps it binary
     )
@@ -235,7 +261,7 @@ def train_one_epoch(
     else:
         test = evaluate_elbo(vae, data.test.to(device))
         val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
-    if not config.quiet:
+    if talk:
         print(
             f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
             f"  KL {test['kl']:6.2f}  {seconds:6.1f}s",
@@ -279,7 +305,7 @@ def heldout_columns(
     with torch.random.fork_rng(devices=[]):
         m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
         train_iwae = (
-            log_likelihood(vae, train[: config.eval_limit], config.eval_iw_samples).mean().item()
+            log_likelihood_mean_sem(vae, train[: config.eval_limit], config.eval_iw_samples)[0]
             if train is not None
             else None
         )
@@ -294,20 +320,28 @@ def checkpoint_state(
     epoch: int,
     data_rng: torch.Generator,
 ) -> dict:
-    """Everything needed to rebuild the model and continue training exactly."""
-    return {
+    """Everything needed to rebuild the model and continue training exactly.
+
+    Under torchrun (a collective: every rank calls it) ``rng_ranks`` holds every rank's RNG
+    states, gathered to each rank, and ``world_size`` the number of ranks.
+    """
+    rng = {
+        "torch": torch.get_rng_state(),
+        "data": data_rng.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    state = {
         "config": config.to_dict(),
         "data_dim": data.data_dim,
         "epoch": epoch,
         "vae": vae.state_dict(),
         "trainer": trainer.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "data": data_rng.get_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        },
+        "rng": rng,
     }
+    if distributed.active():
+        state |= {"world_size": distributed.world_size(), "rng_ranks": distributed.all_gather(rng)}
+    return state
 
 
 def load_vae(

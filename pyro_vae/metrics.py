@@ -8,7 +8,9 @@
 - mutual information I_q(x; z) (He et al. 2019) lives in :mod:`pyro_vae.mutual_info`.
 
 The log-likelihood reads model and guide through Pyro traces; active units read the encoder's
-posterior means.
+posterior means. Under torch.distributed, :func:`heldout_metrics` shards the ELBO and the
+log-likelihood over ranks and reduces them; active units (deterministic) are computed on every
+rank and mutual information (random) is rank 0's, so every rank gets the same numbers.
 """
 
 import math
@@ -16,6 +18,7 @@ import math
 import pyro
 import torch
 
+from pyro_vae import distributed
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.mutual_info import mutual_information
@@ -27,6 +30,7 @@ __all__ = [
     "posterior_mean_variance",
     "active_units",
     "heldout_metrics",
+    "log_likelihood_mean_sem",
     "ACTIVE_UNIT_THRESHOLD",
 ]
 
@@ -113,12 +117,29 @@ def heldout_metrics(
     """
     _check_positive("iw_samples", iw_samples)
     elbo = evaluate_elbo(vae, x, num_samples=elbo_samples)
-    ll = log_likelihood(vae, x, num_samples=iw_samples)
-    sem = ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+    iwae, sem = log_likelihood_mean_sem(vae, x, iw_samples)
     return {
         **elbo,
-        "iwae": ll.mean().item(),
+        "iwae": iwae,
         "iwae_sem": sem,
         "active_units": active_units(vae, x),
-        "mutual_info": mutual_information(vae, x),
+        "mutual_info": distributed.from_main(mutual_information(vae, x)),
     }
+
+
+def log_likelihood_mean_sem(vae: VAE, x: torch.Tensor, iw_samples: int) -> tuple[float, float]:
+    """Mean of L_K (:func:`log_likelihood`) over ``x`` and its standard error; under
+    torch.distributed each rank scores its shard and the sums are reduced."""
+    if not distributed.active():
+        ll = log_likelihood(vae, x, num_samples=iw_samples)
+        sem = ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+        return ll.mean().item(), sem
+    local = distributed.shard(x)
+    ll = log_likelihood(vae, local, iw_samples) if len(local) else local.new_zeros(0)
+    ll = ll.double()
+    n, total, squares = distributed.all_sum([len(ll), ll.sum().item(), ll.square().sum().item()])
+    mean = total / n
+    if n < 2:
+        return mean, float("nan")
+    variance = max(squares - n * mean**2, 0.0) / (n - 1)
+    return mean, math.sqrt(variance) / math.sqrt(n)

@@ -7,6 +7,9 @@ computation (``--epochs`` to train longer, ``--quiet``, ``--data-dir``, ``--devi
 parameters, every optimizer's state, the trainer's own state (e.g. the EM aggressive flag) and
 the torch, data, numpy and Python RNG states, so on CPU a resumed run ends with the same
 parameters, bit for bit, as one that was never interrupted.
+
+Under torchrun every rank loads the checkpoint rank 0 reads and restores its own RNG states; a
+run is resumed with the number of processes it was trained with (it sets the minibatch).
 """
 
 import random
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.run import Run
@@ -68,13 +72,20 @@ def restore(state: dict, vae, trainer, data_rng: torch.Generator, epochs: int) -
             f"the run already completed {epoch} epochs; pass --epochs N with N > {epoch} "
             "to train further"
         )
+    ranks = state.get("world_size", 1)
+    if ranks != distributed.world_size():
+        raise UserError(
+            f"the run was trained with {ranks} process(es) and is resumed with "
+            f"{distributed.world_size()}; resume it with {ranks} in total to continue it exactly"
+        )
     try:
         vae.load_state_dict(state["vae"])
         trainer.load_state_dict(state["trainer"])
     except (RuntimeError, KeyError, ValueError):
         raise UserError("the checkpoint does not match the run's configuration") from None
-    torch.set_rng_state(state["rng"]["torch"])
-    data_rng.set_state(state["rng"]["data"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
+    rng = state["rng_ranks"][distributed.rank()] if "rng_ranks" in state else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    data_rng.set_state(rng["data"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
     return epoch

@@ -7,6 +7,10 @@
 The optimizer is a single ``torch.optim.Adam`` over two named parameter groups, ``guide`` (phi)
 and ``model`` (theta), rather than ``pyro.optim``'s one optimizer per parameter; trainers that
 update the groups separately (variational EM) reuse the same split.
+
+Under ``torchrun`` (:mod:`pyro_vae.distributed`) a trainer's ``batch_size`` is the global
+minibatch: each rank computes the loss of its shard of it and the gradients are summed over
+ranks, so every rank takes the step one process would take on the whole minibatch.
 """
 
 from collections.abc import Callable
@@ -14,6 +18,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae import distributed
 from pyro_vae.data import minibatches
 from pyro_vae.errors import TrainingDiverged
 from pyro_vae.objectives import Objective
@@ -52,19 +57,29 @@ def gradient_step(
     params: list[torch.nn.Parameter],
     optimizers: list[torch.optim.Optimizer],
     clip_norm: float | None = None,
-) -> None:
-    """Backpropagate ``loss / batch_size`` into ``params`` only and step ``optimizers``.
+) -> torch.Tensor:
+    """Backpropagate ``loss / batch_size`` into ``params`` only and step ``optimizers``;
+    returns the loss summed over the minibatch (detached).
 
     ``backward(inputs=params)`` leaves every other parameter's ``.grad`` untouched (None), so a
     frozen group neither changes nor accumulates gradients. A non-finite loss or gradient norm
     raises :class:`TrainingDiverged` before any parameter moves. ``clip_norm`` rescales the
     gradient of ``params`` to at most that total norm.
+
+    Under torch.distributed, ``loss`` is this rank's shard of a minibatch of ``batch_size``
+    data points: the gradients and the loss are summed over ranks before the checks and the
+    step (:func:`pyro_vae.distributed.all_reduce_gradients`), so every rank steps alike.
     """
-    if not torch.isfinite(loss):
+    parallel = distributed.active()
+    if not parallel and not torch.isfinite(loss):
         raise TrainingDiverged(f"the loss became {loss.item()}")
     for p in params:
         p.grad = None
     (loss / batch_size).backward(inputs=params)
+    if parallel:  # a non-finite loss on any rank makes the summed loss non-finite on all
+        loss = distributed.all_reduce_gradients(params, loss)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss.item()}")
     if clip_norm is None:  # only check the norm; clipping would rescale every gradient by 1
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     else:
@@ -73,6 +88,7 @@ def gradient_step(
         raise TrainingDiverged(f"the gradient norm became {norm.item()}")
     for optimizer in optimizers:
         optimizer.step()
+    return loss.detach()
 
 
 def epoch_loop(
@@ -86,7 +102,11 @@ def epoch_loop(
 ) -> float:
     """Call ``step`` on each shuffled minibatch of ``x``; returns the summed losses it returned
     divided by N, the mean loss per data point. The tqdm bar shows the running mean (and
-    ``status()``), reading the loss from the device only every 20 steps."""
+    ``status()``), reading the loss from the device only every 20 steps.
+
+    Under torch.distributed every rank runs this loop on the same ``x`` and ``generator``, so
+    all see the same minibatches; a last one with fewer data points than ranks is skipped (a
+    rank's shard must not be empty)."""
     total, seen = torch.zeros(()), 0
     batches = tqdm(
         minibatches(x, batch_size, generator),
@@ -97,6 +117,8 @@ def epoch_loop(
         unit="batch",
     )
     for i, xb in enumerate(batches):
+        if xb.shape[0] < distributed.world_size():
+            continue
         total += step(xb)
         seen += xb.shape[0]
         if progress and i % 20 == 0:
@@ -132,11 +154,15 @@ class SVITrainer:
         self.step_count = 0
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One gradient step on a minibatch; returns the loss summed over it (detached)."""
-        loss = self.objective(self.vae.model, self.vae.guide, x, self.kl_weight(self.step_count))
-        gradient_step(loss, x.shape[0], self.params, [self.optimizer], self.clip_norm)
+        """One gradient step on a minibatch; returns the loss summed over it (detached).
+
+        Under torch.distributed, ``x`` is the global minibatch and this rank computes the loss
+        of its shard."""
+        kl_weight = self.kl_weight(self.step_count)
+        loss = self.objective(self.vae.model, self.vae.guide, distributed.shard(x), kl_weight)
+        total = gradient_step(loss, x.shape[0], self.params, [self.optimizer], self.clip_norm)
         self.step_count += 1
-        return loss.detach()
+        return total
 
     def train_epoch(
         self,
