@@ -90,13 +90,7 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
     objective = make_objective(config.elbo, config.num_particles)
     kl_weight = KLWarmup(config.beta, round(config.kl_warmup * steps_per_epoch))
     if config.algo == "mcem":
-        chain = ChainSettings(
-            config.mc_kernel,
-            config.mc_warmup,
-            config.mc_samples,
-            config.mc_leapfrog,
-            config.mc_target_accept,
-        )
+        chain = chain_settings(config, config.mc_warmup, config.mc_samples)
         return MCEMTrainer(vae, data.train.shape[0], chain, config.lr, config.clip_norm)
     if config.algo == "svi":
         return SVITrainer(
@@ -115,6 +109,14 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
         kl_weight=kl_weight,
         mi_data=data.val.to(config.device) if data.val is not None else None,
         clip_norm=config.clip_norm,
+    )
+
+
+def chain_settings(config: TrainConfig, warmup: int, samples: int) -> ChainSettings:
+    """MCMC settings from ``--mc-*``: training E-steps and evaluation chains differ only in
+    their warm-up and sample counts."""
+    return ChainSettings(
+        config.mc_kernel, warmup, samples, config.mc_leapfrog, config.mc_target_accept
     )
 
 
@@ -148,13 +150,7 @@ def _build(
         image_shape=image_shape,
     )
     if config.algo == "mcem":
-        settings = ChainSettings(
-            config.mc_kernel,
-            config.mc_eval_warmup,
-            config.mc_eval_samples,
-            config.mc_leapfrog,
-            config.mc_target_accept,
-        )
+        settings = chain_settings(config, config.mc_eval_warmup, config.mc_eval_samples)
         vae.encoder = PosteriorEncoder(vae.model, settings, config.z_dim)
     return vae
 
