@@ -14,8 +14,7 @@ overrides a default. The output folder holds one run folder per method, ``compar
 
 import sys
 
-from pyro_vae.cli import compare_parser, run_cli
-from pyro_vae.compare import compare, compare_configs
+from pyro_vae.cli import compare_parser, run_cli, run_compare
 
 KINGMA_WELLING = {
     "algo": [["svi", "em", "mcem"]],
@@ -38,13 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.set_defaults(**KINGMA_WELLING)
     args = parser.parse_args(argv)
-
-    def job() -> None:
-        result = compare(compare_configs(args), args.out)
-        print(result.markdown)
-        print(f"figure: {result.figure}")
-
-    return run_cli(job)
+    return run_cli(lambda: run_compare(args))
 
 
 if __name__ == "__main__":

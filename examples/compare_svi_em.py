@@ -13,21 +13,14 @@ seconds).
 
 import sys
 
-from pyro_vae.cli import compare_parser, run_cli
-from pyro_vae.compare import compare, compare_configs
+from pyro_vae.cli import compare_parser, run_cli, run_compare
 
 
 def main(argv: list[str] | None = None) -> int:
     args = compare_parser(
         prog="compare_svi_em.py", description="Compare SVI and variational EM."
     ).parse_args(argv)
-
-    def job() -> None:
-        result = compare(compare_configs(args), args.out)
-        print(result.markdown)
-        print(f"figure: {result.figure}")
-
-    return run_cli(job)
+    return run_cli(lambda: run_compare(args))
 
 
 if __name__ == "__main__":

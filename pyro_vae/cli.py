@@ -25,6 +25,7 @@ __all__ = [
     "add_train_arguments",
     "add_compare_arguments",
     "compare_parser",
+    "run_compare",
 ]
 
 
@@ -319,7 +320,8 @@ def compare_parser(prog: str | None = None, description: str | None = None) -> O
     return parser
 
 
-def _compare(args: argparse.Namespace) -> None:
+def run_compare(args: argparse.Namespace) -> None:
+    """Train and compare the runs ``compare_parser``'s ``args`` describe; print the table."""
     from pyro_vae.compare import compare, compare_configs
 
     result = compare(compare_configs(args), args.out)
@@ -372,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args, argv)))
     if args.command == "compare":
-        return run_cli(lambda: _compare(args))
+        return run_cli(lambda: run_compare(args))
     if args.command == "evaluate":
         return run_cli(lambda: _evaluate(args))
     if args.command == "plot":
