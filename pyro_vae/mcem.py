@@ -22,7 +22,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae.posterior_sampling import ChainSettings, sample_posterior
-from pyro_vae.svi import KLWarmup, epoch_loop, gradient_step
+from pyro_vae.svi import KLWarmup, adam, epoch_loop, gradient_step
 from pyro_vae.vae import VAE
 
 __all__ = ["MCEMTrainer", "complete_data_log_likelihood"]
@@ -67,7 +67,7 @@ class MCEMTrainer:
         self.chain = chain or ChainSettings()
         self.clip_norm = clip_norm
         self.model_params = list(vae.model_parameters())
-        self.optimizer = torch.optim.Adam(self.model_params, lr=lr)
+        self.optimizer = adam(self.model_params, lr)
         self.kl_weight: Callable[[int], float] = KLWarmup()  # MCEM targets the true posterior
         z_dim = vae.prior().event_shape[0]
         device = self.model_params[0].device if self.model_params else None

@@ -2,9 +2,11 @@
 
 import math
 
+import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from pyro.distributions import Bernoulli
 
 from pyro_vae import TrainConfig, fit
 from pyro_vae.errors import UserError
@@ -12,6 +14,7 @@ from pyro_vae.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
+    IndependentBernoulli,
     check_data,
     make_likelihood,
     parse_gaussian_scale,
@@ -24,6 +27,23 @@ def test_bernoulli_matches_torch():
     logits, x = torch.randn(3, D), torch.bernoulli(torch.full((3, D), 0.5))
     expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
     torch.testing.assert_close(BernoulliLikelihood()(logits).log_prob(x), expected)
+
+
+def test_independent_bernoulli_is_pyros_bernoulli_to_event():
+    """The fused log-prob equals Bernoulli(logits).to_event(1) bitwise, also broadcast over
+    particles and after expand; sampling, mean and support checks are Pyro's."""
+    logits, x = torch.randn(4, 3, D), torch.bernoulli(torch.full((3, D), 0.5))
+    fused, reference = IndependentBernoulli.from_logits(logits), Bernoulli(logits=logits)
+    reference = reference.to_event(1)
+    assert fused.batch_shape == (4, 3) and fused.event_shape == (D,)
+    assert torch.equal(fused.log_prob(x), reference.log_prob(x))
+    expanded = fused.expand((2, 4, 3))
+    assert isinstance(expanded, IndependentBernoulli)
+    assert torch.equal(expanded.log_prob(x), reference.expand((2, 4, 3)).log_prob(x))
+    assert torch.equal(fused.mean, torch.sigmoid(logits))
+    assert fused.sample((5,)).shape == (5, 4, 3, D)
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        fused.log_prob(torch.full((3, D), 0.5))
 
 
 @pytest.mark.parametrize(

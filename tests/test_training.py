@@ -3,11 +3,13 @@
 import csv
 import json
 
+import pyro
 import pytest
 import torch
 
 from pyro_vae import KLWarmup, SVITrainer, TrainConfig, evaluate_elbo, fit, load_vae, setup
 from pyro_vae.run import Run
+from pyro_vae.svi import adam, epoch_loop
 
 
 def small_config(data_dir, out, **overrides) -> TrainConfig:
@@ -62,6 +64,39 @@ def test_train_epoch_reports_the_mean_loss_per_datum():
     x = torch.arange(10.0).unsqueeze(1)
     assert trainer.train_epoch(x, batch_size=4) == pytest.approx(4.5)
     assert trainer.step_count == 3
+
+
+def test_epoch_loop_validates_the_first_step_only_and_restores_the_setting():
+    seen = []
+
+    def step(xb):
+        seen.append(
+            pyro.infer.is_validation_enabled() and torch.distributions.Distribution._validate_args
+        )
+        return xb.sum()
+
+    x = torch.ones(10, 1)
+    for setting in (True, False):
+        seen.clear()
+        with pyro.validation_enabled(setting):
+            epoch_loop(step, x, batch_size=3)
+            assert pyro.infer.is_validation_enabled() is setting
+        assert seen == [setting, False, False, False]
+
+
+def test_adam_is_fused_on_cpu_and_takes_adams_step():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    v = torch.nn.Parameter(w.detach().clone())
+    fused, plain = adam([w], 1e-2), torch.optim.Adam([v], lr=1e-2)
+    assert fused.param_groups[0]["fused"] and adam([{"params": [v]}], 0.1).param_groups[0]["fused"]
+    for _ in range(3):
+        for p, opt in ((w, fused), (v, plain)):
+            p.grad = None
+            (p**2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(w, v)
+    assert not torch.equal(w, torch.zeros_like(w))
 
 
 def test_kl_warmup_is_linear_and_never_zero():
