@@ -33,6 +33,16 @@ def test_training_benchmark_runs_in_its_quickest_mode():
 
 
 @pytest.mark.slow
+def test_step_benchmark_runs_in_its_quickest_mode():
+    script = ROOT / "benchmarks" / "bench_step.py"
+    command = [sys.executable, str(script), "--rounds", "1", "--steps", "1", "--threads", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for row in ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide"):
+        assert proc.stdout.count(row) == 2, row  # once per objective
+
+
+@pytest.mark.slow
 def test_evaluation_benchmark_runs_in_its_quickest_mode():
     proc = subprocess.run(
         [
