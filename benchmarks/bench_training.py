@@ -21,6 +21,8 @@ import copy
 import math
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import pyro
@@ -87,53 +89,75 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - start, value
 
 
-def compare(
-    x: torch.Tensor,
-    objective: str,
-    repeats: int,
-    batch_size: int,
-    algo: str = "svi",
-    e_steps: int = 5,
-):
-    """Median seconds per epoch of the library and of the hand-written loop, and their median
-    ratio, for ``algo`` ``svi`` (joint steps) or ``em`` (``--e-rule fixed --e-steps K``)."""
+LOOPS = ("pyro-vae", "hand-written, fused Adam", "hand-written, default Adam")
+
+
+def epoch_functions(
+    x: torch.Tensor, objective: str, batch_size: int, algo: str = "svi", e_steps: int = 5
+) -> dict:
+    """One epoch of each loop in LOOPS, as functions returning the mean loss: the library's
+    trainer (``svi``, or ``em`` with ``--e-rule fixed --e-steps K``) and the same work by hand
+    with the library's fused Adam and with torch's default Adam, on copies of one initialisation
+    and the same minibatch order."""
     torch.manual_seed(0)
     vae = build_vae(x.shape[1], z_dim=50, hidden_dims=(400,))
-    encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
     analytic = objective == "meanfield"
-    g_lib, g_hand = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     if algo == "svi":
         trainer = SVITrainer(vae, make_objective(objective), lr=1e-3)
-        groups = [{"params": list(encoder.parameters())}, {"params": list(decoder.parameters())}]
-        hand_opt = torch.optim.Adam(groups, lr=1e-3, fused=True)
-
-        def hand_epoch():
-            return hand_written_epoch(encoder, decoder, hand_opt, x, batch_size, g_hand, analytic)
     else:
         trainer = EMTrainer(vae, make_objective(objective), e_rule="fixed", e_steps=e_steps)
-        e_opt = torch.optim.Adam(encoder.parameters(), lr=1e-3, fused=True)
-        m_opt = torch.optim.Adam(decoder.parameters(), lr=1e-3, fused=True)
+    g_lib = torch.Generator().manual_seed(1)
+    epochs = {LOOPS[0]: lambda: trainer.train_epoch(x, batch_size, g_lib, check=False)}
+    for name, fused in zip(LOOPS[1:], (True, False), strict=True):
+        encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
+        g = torch.Generator().manual_seed(1)
+        if algo == "svi":
+            groups = [
+                {"params": list(encoder.parameters())},
+                {"params": list(decoder.parameters())},
+            ]
+            opt = torch.optim.Adam(groups, lr=1e-3, fused=fused)
+            args = (encoder, decoder, opt, x, batch_size, g, analytic)
+            epochs[name] = lambda args=args: hand_written_epoch(*args)
+        else:
+            e_opt = torch.optim.Adam(encoder.parameters(), lr=1e-3, fused=fused)
+            m_opt = torch.optim.Adam(decoder.parameters(), lr=1e-3, fused=fused)
+            args = (encoder, decoder, e_opt, m_opt, x, batch_size, g, e_steps, analytic)
+            epochs[name] = lambda args=args: hand_written_em_epoch(*args)
+    return epochs
 
-        def hand_epoch():
-            return hand_written_em_epoch(
-                encoder, decoder, e_opt, m_opt, x, batch_size, g_hand, e_steps, analytic
-            )
 
-    lib_s, hand_s = [], []
-    name = f"{algo} {objective}"
+def compare(epochs: dict, repeats: int, label: str) -> dict:
+    """Median seconds per epoch of each loop, interleaved, and the median ratios of the library
+    to each hand-written loop (keys ``ratio to <loop>``)."""
+    seconds: dict[str, list[float]] = {name: [] for name in epochs}
     for r in range(repeats):
-        s, lib_loss = timed(lambda: trainer.train_epoch(x, batch_size, g_lib, check=False))
-        lib_s.append(s)
-        s, hand_loss = timed(hand_epoch)
-        hand_s.append(s)
-        print(
-            f"  {name:13s} epoch {r + 1}: pyro-vae {lib_s[-1]:6.2f}s "
-            f"(loss {lib_loss:7.2f})   hand-written {hand_s[-1]:6.2f}s "
-            f"(loss {hand_loss:7.2f})   ratio {lib_s[-1] / hand_s[-1]:.3f}",
-            flush=True,
-        )
-    ratios = [a / b for a, b in zip(lib_s, hand_s, strict=True)]
-    return statistics.median(lib_s), statistics.median(hand_s), statistics.median(ratios)
+        line = []
+        for name, epoch in epochs.items():
+            s, loss = timed(epoch)
+            seconds[name].append(s)
+            line.append(f"{name} {s:6.2f}s (loss {loss:7.2f})")
+        print(f"  {label} epoch {r + 1}: " + "   ".join(line), flush=True)
+    result = {name: statistics.median(s) for name, s in seconds.items()}
+    for name in LOOPS[1:]:
+        ratios = [a / b for a, b in zip(seconds[LOOPS[0]], seconds[name], strict=True)]
+        result[f"ratio to {name}"] = statistics.median(ratios)
+    return result
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_by_loop(argv: list[str]) -> dict:
+    """Peak resident memory of a fresh process that loads the data and builds the networks
+    ("none"), and of one that also trains one epoch of each loop."""
+    peaks = {}
+    for loop in ("none", *LOOPS):
+        command = [sys.executable, __file__, *argv, "--memory-probe", loop]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        peaks[loop] = float(out.split()[-1])
+    return peaks
 
 
 def main() -> None:
@@ -148,6 +172,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--algos", nargs="+", default=["svi", "em"], choices=("svi", "em"))
     parser.add_argument("--e-steps", type=int, default=5, help="EM: encoder steps per M-step")
+    parser.add_argument("--memory-probe", choices=("none", *LOOPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.limit_train = 3, args.limit_train or 10000
@@ -157,25 +182,40 @@ def main() -> None:
         x = torch.bernoulli(torch.full((args.limit_train or 60000, 784), 0.13))
     else:
         x = load_data("mnist", args.data_dir, "static", limit_train=args.limit_train).train
+    if args.memory_probe:  # one epoch of one loop (first algo and objective), then the peak
+        epochs = epoch_functions(x, args.objectives[0], args.batch_size, args.algos[0])
+        if args.memory_probe != "none":
+            epochs[args.memory_probe]()
+        print(f"{peak_memory_mb():.1f}")
+        return
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}"
         f", N = {x.shape[0]}, batch {args.batch_size}, 784-400-50"
     )
-    rows = [
-        (algo, name, *compare(x, name, args.repeats, args.batch_size, algo, k))
-        for algo in args.algos
-        for name in args.objectives
-        for k in [args.e_steps]
-    ]
-    print("\n| algorithm | objective | pyro-vae s/epoch | hand-written s/epoch | median ratio |")
-    print("| --- | --- | --- | --- | --- |")
-    for algo, name, lib, hand, ratio in rows:
+    rows = []
+    for algo in args.algos:
+        for objective in args.objectives:
+            epochs = epoch_functions(x, objective, args.batch_size, algo, args.e_steps)
+            rows.append((algo, objective, compare(epochs, args.repeats, f"{algo} {objective}")))
+    print(
+        "\n| algorithm | objective | pyro-vae s/epoch | hand-written, fused Adam s/epoch | "
+        "median ratio | hand-written, default Adam s/epoch | median ratio |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for algo, objective, r in rows:
         label = f"em (fixed, {args.e_steps} E-steps)" if algo == "em" else algo
-        print(f"| {label} | {name} | {lib:.2f} | {hand:.2f} | {ratio:.3f} |")
-    # Both loops run in this process, so this peak covers both (they hold the same tensors).
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory of the process: {peak_mb:.0f} MB")
-    assert all(math.isfinite(r[-1]) for r in rows)
+        cells = [f"{r[LOOPS[0]]:.2f}"]
+        for name in LOOPS[1:]:
+            cells += [f"{r[name]:.2f}", f"{r[f'ratio to {name}']:.3f}"]
+        print(f"| {label} | {objective} | " + " | ".join(cells) + " |")
+    probe_argv = [a for a in sys.argv[1:] if a not in ("--quick",)]
+    if args.quick:
+        probe_argv += ["--limit-train", str(x.shape[0])]
+    peaks = memory_by_loop(probe_argv)
+    print(f"\npeak resident memory, one epoch of {args.algos[0]} {args.objectives[0]} per process:")
+    for loop, mb in peaks.items():
+        print(f"  {loop}: {mb:.0f} MB ({mb - peaks['none']:+.1f} MB over data and networks)")
+    assert all(math.isfinite(v) for _, _, r in rows for v in r.values())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import TrainConfig, UserError, build_vae, fit, load_vae
+from pyro_vae import SVITrainer, TrainConfig, UserError, build_vae, fit, load_vae, make_objective
 from pyro_vae.cli import main
 from pyro_vae.errors import TrainingDiverged
 from pyro_vae.run import Run
@@ -233,6 +233,26 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(fake_data_dir, tmp_path, m
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["vae"].values())
     assert [r["epoch"] for r in metrics_rows(tmp_path / "run")] == ["1"]
+
+
+def test_nan_network_output_in_the_hot_loop_is_a_divergence_not_a_traceback():
+    """Pyro's validation (on in the tests) checks the first minibatch of an epoch only; a NaN
+    encoder output later must surface as TrainingDiverged, not as a distribution's ValueError."""
+    torch.manual_seed(0)
+    vae = build_vae(12, z_dim=2, hidden_dims=(8,))
+    snapshots = []
+
+    def poison(module, inputs, output):
+        snapshots.append([p.detach().clone() for p in vae.parameters()])
+        loc, scale = output
+        return (loc * float("nan"), scale) if len(snapshots) > 1 else output
+
+    vae.encoder.register_forward_hook(poison)
+    trainer = SVITrainer(vae, make_objective("trace"))
+    with pytest.raises(TrainingDiverged, match="the loss became nan"):
+        trainer.train_epoch(torch.bernoulli(torch.full((40, 12), 0.5)), batch_size=10)
+    assert trainer.step_count == 1 and len(snapshots) == 2
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], vae.parameters(), strict=True))
 
 
 def test_gradient_step_clips_and_refuses_non_finite_gradients():
