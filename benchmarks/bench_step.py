@@ -12,6 +12,7 @@ one random binary minibatch; timing does not depend on the pixel values.
 
     python benchmarks/bench_step.py                 # ~1 minute
     python benchmarks/bench_step.py --threads 1
+    python benchmarks/bench_step.py --torch-compile aot_eager   # also torch.compile the loss
 """
 
 import argparse
@@ -49,9 +50,12 @@ def median_ms(cases: dict[str, Callable[[], object]], rounds: int, steps: int) -
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def step_cases(objective: str, x: torch.Tensor, hidden: int, z_dim: int) -> dict:
+def step_cases(
+    objective: str, x: torch.Tensor, hidden: int, z_dim: int, compile_backend: str = ""
+) -> dict:
     """One training step each: hand-written (default and fused Adam), the library as shipped,
-    and the library with validation on, torch's Bernoulli, or torch's default Adam."""
+    and the library with validation on, torch's Bernoulli, or torch's default Adam; with
+    ``compile_backend``, also with the Pyro loss under ``torch.compile``."""
     torch.manual_seed(0)
     vae = build_vae(x.shape[1], z_dim=z_dim, hidden_dims=(hidden,))
     encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
@@ -76,7 +80,10 @@ def step_cases(objective: str, x: torch.Tensor, hidden: int, z_dim: int) -> dict
         copy_ = copy.deepcopy(vae)
         if change.get("likelihood") == "torch":
             copy_.likelihood = TorchBernoulli()
-        trainer = SVITrainer(copy_, make_objective(objective), lr=1e-3)
+        loss = make_objective(objective)
+        if change.get("compile"):
+            loss = torch.compile(loss, backend=change["compile"])
+        trainer = SVITrainer(copy_, loss, lr=1e-3)
         if change.get("adam") == "default":
             plain = [{"params": g["params"]} for g in trainer.optimizer.param_groups]
             trainer.optimizer = torch.optim.Adam(plain, lr=1e-3)
@@ -87,7 +94,7 @@ def step_cases(objective: str, x: torch.Tensor, hidden: int, z_dim: int) -> dict
 
         return step
 
-    return {
+    cases = {
         "hand-written, torch's default Adam": hand(default_adam),
         "hand-written, fused Adam": hand(fused_adam),
         "pyro-vae as shipped": library(),
@@ -95,6 +102,11 @@ def step_cases(objective: str, x: torch.Tensor, hidden: int, z_dim: int) -> dict
         "pyro-vae, torch's Bernoulli(logits).to_event(1)": library(likelihood="torch"),
         "pyro-vae, torch's default Adam": library(adam="default"),
     }
+    if compile_backend:
+        cases[f"pyro-vae, loss under torch.compile({compile_backend})"] = library(
+            compile=compile_backend
+        )
+    return cases
 
 
 def phase_cases(objective: str, x: torch.Tensor) -> dict:
@@ -133,6 +145,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--torch-compile",
+        metavar="BACKEND",
+        default="",
+        help="also time the library with its loss under torch.compile(backend=BACKEND)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,7 +160,8 @@ def main() -> None:
     tiny_x = x[:4]
     for objective in args.objectives:
         print(f"\n## {objective}: ms per step, 784-400-50, batch {args.batch_size}")
-        result = median_ms(step_cases(objective, x, 400, 50), args.rounds, args.steps)
+        cases = step_cases(objective, x, 400, 50, args.torch_compile)
+        result = median_ms(cases, args.rounds, args.steps)
         reference = result["hand-written, fused Adam"]
         print("| variant | ms/step | / hand-written (fused Adam) |\n| --- | --- | --- |")
         for name, ms in result.items():

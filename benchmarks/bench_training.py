@@ -145,19 +145,36 @@ def compare(epochs: dict, repeats: int, label: str) -> dict:
     return result
 
 
-def peak_memory_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def memory_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MB (Linux);
+    elsewhere the peak since the process started."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def reset_peak_memory() -> None:
+    """Restart VmHWM from the current resident size (Linux >= 4.0), so that the peak measured
+    after it belongs to the training epoch and not to loading the data."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
 
 def memory_by_loop(argv: list[str]) -> dict:
-    """Peak resident memory of a fresh process that loads the data and builds the networks
-    ("none"), and of one that also trains one epoch of each loop."""
-    peaks = {}
-    for loop in ("none", *LOOPS):
+    """For each loop, in a fresh process: (resident MB before one epoch, peak MB during it)."""
+    result = {}
+    for loop in LOOPS:
         command = [sys.executable, __file__, *argv, "--memory-probe", loop]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        peaks[loop] = float(out.split()[-1])
-    return peaks
+        before, peak = out.split()[-2:]
+        result[loop] = float(before), float(peak)
+    return result
 
 
 def main() -> None:
@@ -172,7 +189,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--algos", nargs="+", default=["svi", "em"], choices=("svi", "em"))
     parser.add_argument("--e-steps", type=int, default=5, help="EM: encoder steps per M-step")
-    parser.add_argument("--memory-probe", choices=("none", *LOOPS), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.limit_train = 3, args.limit_train or 10000
@@ -182,11 +199,12 @@ def main() -> None:
         x = torch.bernoulli(torch.full((args.limit_train or 60000, 784), 0.13))
     else:
         x = load_data("mnist", args.data_dir, "static", limit_train=args.limit_train).train
-    if args.memory_probe:  # one epoch of one loop (first algo and objective), then the peak
-        epochs = epoch_functions(x, args.objectives[0], args.batch_size, args.algos[0])
-        if args.memory_probe != "none":
-            epochs[args.memory_probe]()
-        print(f"{peak_memory_mb():.1f}")
+    if args.memory_probe:  # one epoch of one loop (first algo and objective), its memory
+        epoch = epoch_functions(x, args.objectives[0], args.batch_size, args.algos[0])
+        reset_peak_memory()
+        before = memory_mb("VmRSS")
+        epoch[args.memory_probe]()
+        print(f"{before:.1f} {memory_mb('VmHWM'):.1f}")
         return
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}"
@@ -211,10 +229,11 @@ def main() -> None:
     probe_argv = [a for a in sys.argv[1:] if a not in ("--quick",)]
     if args.quick:
         probe_argv += ["--limit-train", str(x.shape[0])]
-    peaks = memory_by_loop(probe_argv)
-    print(f"\npeak resident memory, one epoch of {args.algos[0]} {args.objectives[0]} per process:")
-    for loop, mb in peaks.items():
-        print(f"  {loop}: {mb:.0f} MB ({mb - peaks['none']:+.1f} MB over data and networks)")
+    print(
+        f"\nresident memory, one epoch of {args.algos[0]} {args.objectives[0]} in a fresh process:"
+    )
+    for loop, (before, peak) in memory_by_loop(probe_argv).items():
+        print(f"  {loop}: {before:.0f} MB before, peak {peak:.0f} MB ({peak - before:+.1f} MB)")
     assert all(math.isfinite(v) for _, _, r in rows for v in r.values())
 
 
