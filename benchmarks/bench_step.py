@@ -13,6 +13,7 @@ one random binary minibatch; timing does not depend on the pixel values.
     python benchmarks/bench_step.py                 # ~1 minute
     python benchmarks/bench_step.py --threads 1
     python benchmarks/bench_step.py --torch-compile aot_eager   # also torch.compile the loss
+    python benchmarks/bench_step.py --jit                       # also Pyro's JIT ELBOs
 """
 
 import argparse
@@ -26,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from bench_training import hand_written_loss
 from pyro import poutine
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 
 from pyro_vae import SVITrainer, build_vae, make_objective
 from pyro_vae.likelihoods import BernoulliLikelihood
@@ -51,11 +53,17 @@ def median_ms(cases: dict[str, Callable[[], object]], rounds: int, steps: int) -
 
 
 def step_cases(
-    objective: str, x: torch.Tensor, hidden: int, z_dim: int, compile_backend: str = ""
+    objective: str,
+    x: torch.Tensor,
+    hidden: int,
+    z_dim: int,
+    compile_backend: str = "",
+    jit: bool = False,
 ) -> dict:
     """One training step each: hand-written (default and fused Adam), the library as shipped,
     and the library with validation on, torch's Bernoulli, or torch's default Adam; with
-    ``compile_backend``, also with the Pyro loss under ``torch.compile``."""
+    ``compile_backend``, also with the Pyro loss under ``torch.compile``, with ``jit`` also
+    with Pyro's JIT-traced ELBO."""
     torch.manual_seed(0)
     vae = build_vae(x.shape[1], z_dim=z_dim, hidden_dims=(hidden,))
     encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
@@ -81,6 +89,13 @@ def step_cases(
         if change.get("likelihood") == "torch":
             copy_.likelihood = TorchBernoulli()
         loss = make_objective(objective)
+        if change.get("jit"):  # Pyro's JIT traces tensor arguments only: kl_weight stays 1
+            jit_elbo = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}[objective]
+            jit_loss = jit_elbo(max_plate_nesting=1, ignore_jit_warnings=True).differentiable_loss
+
+            def loss(model, guide, x, kl_weight=1.0):
+                return jit_loss(model, guide, x)
+
         if change.get("compile"):
             loss = torch.compile(loss, backend=change["compile"])
         trainer = SVITrainer(copy_, loss, lr=1e-3)
@@ -92,6 +107,9 @@ def step_cases(
             with pyro.validation_enabled(validate):
                 return trainer.step(x)
 
+        if change.get("jit"):  # compile now, while Pyro's param store holds this copy's params
+            pyro.clear_param_store()
+            step()
         return step
 
     cases = {
@@ -102,6 +120,8 @@ def step_cases(
         "pyro-vae, torch's Bernoulli(logits).to_event(1)": library(likelihood="torch"),
         "pyro-vae, torch's default Adam": library(adam="default"),
     }
+    if jit:
+        cases["pyro-vae, Pyro's JitTrace*_ELBO"] = library(jit=True)
     if compile_backend:
         cases[f"pyro-vae, loss under torch.compile({compile_backend})"] = library(
             compile=compile_backend
@@ -151,6 +171,7 @@ def main() -> None:
         default="",
         help="also time the library with its loss under torch.compile(backend=BACKEND)",
     )
+    parser.add_argument("--jit", action="store_true", help="also time Pyro's JitTrace*_ELBO")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,7 +181,7 @@ def main() -> None:
     tiny_x = x[:4]
     for objective in args.objectives:
         print(f"\n## {objective}: ms per step, 784-400-50, batch {args.batch_size}")
-        cases = step_cases(objective, x, 400, 50, args.torch_compile)
+        cases = step_cases(objective, x, 400, 50, args.torch_compile, args.jit)
         result = median_ms(cases, args.rounds, args.steps)
         reference = result["hand-written, fused Adam"]
         print("| variant | ms/step | / hand-written (fused Adam) |\n| --- | --- | --- |")
