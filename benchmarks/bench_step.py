@@ -10,10 +10,11 @@ and the loss) against the same computation written by hand.
 All variants run interleaved (round-robin, ``--rounds`` rounds of ``--steps`` steps each) on
 one random binary minibatch; timing does not depend on the pixel values.
 
-    python benchmarks/bench_step.py                 # ~1 minute
+    python benchmarks/bench_step.py                 # about 2 minutes
     python benchmarks/bench_step.py --threads 1
     python benchmarks/bench_step.py --torch-compile aot_eager   # also torch.compile the loss
     python benchmarks/bench_step.py --jit                       # also Pyro's JIT ELBOs
+    python benchmarks/bench_step.py --particles 10   # also K particles, vectorized or one by one
 """
 
 import argparse
@@ -27,7 +28,7 @@ import pyro.distributions as dist
 import torch
 from bench_training import hand_written_loss
 from pyro import poutine
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import SVITrainer, build_vae, make_objective
 from pyro_vae.likelihoods import BernoulliLikelihood
@@ -59,11 +60,13 @@ def step_cases(
     z_dim: int,
     compile_backend: str = "",
     jit: bool = False,
+    particles: int = 1,
 ) -> dict:
     """One training step each: hand-written (default and fused Adam), the library as shipped,
     and the library with validation on, torch's Bernoulli, or torch's default Adam; with
     ``compile_backend``, also with the Pyro loss under ``torch.compile``, with ``jit`` also
-    with Pyro's JIT-traced ELBO."""
+    with Pyro's JIT-traced ELBO; with ``particles`` > 1 also with that many particles, vectorized
+    (the library's choice) and traced one by one."""
     torch.manual_seed(0)
     vae = build_vae(x.shape[1], z_dim=z_dim, hidden_dims=(hidden,))
     encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
@@ -89,6 +92,13 @@ def step_cases(
         if change.get("likelihood") == "torch":
             copy_.likelihood = TorchBernoulli()
         loss = make_objective(objective)
+        if change.get("particles"):
+            elbo = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[objective]
+            loss = elbo(
+                num_particles=change["particles"],
+                vectorize_particles=change["vectorize"],
+                max_plate_nesting=1,
+            ).differentiable_loss
         if change.get("jit"):  # Pyro's JIT traces tensor arguments only: kl_weight stays 1
             jit_elbo = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}[objective]
             jit_loss = jit_elbo(max_plate_nesting=1, ignore_jit_warnings=True).differentiable_loss
@@ -122,6 +132,11 @@ def step_cases(
     }
     if jit:
         cases["pyro-vae, Pyro's JitTrace*_ELBO"] = library(jit=True)
+    if particles > 1:
+        for vectorize, how in ((True, "vectorized"), (False, "one trace each")):
+            cases[f"pyro-vae, {particles} particles, {how}"] = library(
+                particles=particles, vectorize=vectorize
+            )
     if compile_backend:
         cases[f"pyro-vae, loss under torch.compile({compile_backend})"] = library(
             compile=compile_backend
@@ -172,6 +187,13 @@ def main() -> None:
         help="also time the library with its loss under torch.compile(backend=BACKEND)",
     )
     parser.add_argument("--jit", action="store_true", help="also time Pyro's JitTrace*_ELBO")
+    parser.add_argument(
+        "--particles",
+        metavar="K",
+        type=int,
+        default=1,
+        help="also time K particles per data point, vectorized and traced one by one",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +203,7 @@ def main() -> None:
     tiny_x = x[:4]
     for objective in args.objectives:
         print(f"\n## {objective}: ms per step, 784-400-50, batch {args.batch_size}")
-        cases = step_cases(objective, x, 400, 50, args.torch_compile, args.jit)
+        cases = step_cases(objective, x, 400, 50, args.torch_compile, args.jit, args.particles)
         result = median_ms(cases, args.rounds, args.steps)
         reference = result["hand-written, fused Adam"]
         print("| variant | ms/step | / hand-written (fused Adam) |\n| --- | --- | --- |")

@@ -36,9 +36,11 @@ def test_training_benchmark_runs_in_its_quickest_mode():
 def test_step_benchmark_runs_in_its_quickest_mode():
     script = ROOT / "benchmarks" / "bench_step.py"
     command = [sys.executable, str(script), "--rounds", "1", "--steps", "1", "--threads", "1"]
+    command += ["--particles", "2"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    for row in ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide"):
+    rows = ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide")
+    for row in rows + ("| pyro-vae, 2 particles, vectorized |", "2 particles, one trace each"):
         assert proc.stdout.count(row) == 2, row  # once per objective
 
 
