@@ -235,6 +235,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(fake_data_dir, tmp_path, m
     assert [r["epoch"] for r in metrics_rows(tmp_path / "run")] == ["1"]
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro warns; the test checks the error
 def test_nan_network_output_in_the_hot_loop_is_a_divergence_not_a_traceback():
     """Pyro's validation (on in the tests) checks the first minibatch of an epoch only; a NaN
     encoder output later must surface as TrainingDiverged, not as a distribution's ValueError."""
