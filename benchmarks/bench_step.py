@@ -92,13 +92,12 @@ def step_cases(
         if change.get("likelihood") == "torch":
             copy_.likelihood = TorchBernoulli()
         loss = make_objective(objective)
-        if change.get("particles"):
-            elbo = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[objective]
-            loss = elbo(
-                num_particles=change["particles"],
-                vectorize_particles=change["vectorize"],
-                max_plate_nesting=1,
-            ).differentiable_loss
+        if change.get("particles"):  # vectorized: the library's own K-particle objective
+            loss = make_objective(objective, change["particles"])
+            if not change["vectorize"]:
+                elbo = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[objective]
+                loss = elbo(num_particles=change["particles"], max_plate_nesting=1)
+                loss = loss.differentiable_loss
         if change.get("jit"):  # Pyro's JIT traces tensor arguments only: kl_weight stays 1
             jit_elbo = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}[objective]
             jit_loss = jit_elbo(max_plate_nesting=1, ignore_jit_warnings=True).differentiable_loss

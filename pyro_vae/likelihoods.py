@@ -63,7 +63,8 @@ class IndependentBernoulli(dist.Independent):
 
     The same distribution and values as ``Bernoulli(logits).to_event(1)``; torch's Bernoulli
     negates the full (batch, D) tensor of per-pixel terms before summing, one pass over it more
-    forward and backward, which costs about 5% of a training step of the default MNIST VAE.
+    forward and backward: 0.2-1.2 ms of a 10 ms training step of the default MNIST VAE
+    (docs/benchmarks.md).
     Build it with :meth:`from_logits`.
     """
 

@@ -130,7 +130,7 @@ def epoch_loop(
     Pyro's validation (argument, support and shape checks of every distribution and site) is
     left as the caller set it for the first minibatch, which catches a model that does not fit
     its guide or its data, and is switched off for the others, where it would check the same
-    shapes again at about 6% of a step's time (docs/benchmarks.md); a non-finite loss is still
+    shapes again at about a tenth of a step's time (docs/benchmarks.md); a non-finite loss is still
     caught by :func:`gradient_step`."""
     validate = pyro.infer.is_validation_enabled()
     total, seen = torch.zeros(()), 0
