@@ -31,7 +31,7 @@ from pyro import poutine
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import SVITrainer, build_vae, make_objective
-from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.models.likelihoods import BernoulliLikelihood
 
 
 class TorchBernoulli(BernoulliLikelihood):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae import EMTrainer, SVITrainer, build_vae, load_data, make_objective, minibatches
-from pyro_vae.em import random_minibatch
+from pyro_vae.infer.em import random_minibatch
 
 
 def hand_written_loss(encoder, decoder, x: torch.Tensor, analytic_kl: bool) -> torch.Tensor:

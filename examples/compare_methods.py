@@ -14,7 +14,7 @@ overrides a default. The output folder holds one run folder per method, ``compar
 
 import sys
 
-from pyro_vae.cli import compare_parser, run_cli, run_compare
+from pyro_vae.cli.main import compare_parser, run_cli, run_compare
 
 KINGMA_WELLING = {
     "algo": [["svi", "em", "mcem"]],

@@ -13,7 +13,7 @@ seconds).
 
 import sys
 
-from pyro_vae.cli import compare_parser, run_cli, run_compare
+from pyro_vae.cli.main import compare_parser, run_cli, run_compare
 
 
 def main(argv: list[str] | None = None) -> int:

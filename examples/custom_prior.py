@@ -5,7 +5,7 @@
 
 The prior is a factorised Laplace distribution with one learned scale per latent dimension,
 p(z) = prod_j Laplace(z_j; 0, b_j): heavier tails than N(0, I), and a sparsity-favouring peak
-at 0. It follows the prior protocol of pyro_vae.priors (docs/extending.md): an ``nn.Module``
+at 0. It follows the prior protocol of pyro_vae.models.priors (docs/extending.md): an ``nn.Module``
 whose ``forward()`` returns a Pyro distribution over z with event shape (z_dim,). Its parameter
 ``log_scale`` is model-side (theta): SVI trains it with the decoder, variational EM in the
 M-step. Every common flag works (``--help``), and the algorithm is whatever the config says:
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pyro_vae import evaluate_elbo, fit, load_data, load_vae, summary_table
-from pyro_vae.cli import parse_train_config, run_cli
+from pyro_vae.cli.main import parse_train_config, run_cli
 
 
 class LaplacePrior(nn.Module):

@@ -8,7 +8,7 @@ Every flag of ``pyro-vae train`` works here (``--help`` lists them); ``--algo`` 
 ``em``. The run folder is the same as SVI's (config.json, metrics.csv, checkpoint.pt, figures/),
 and metrics.csv also counts encoder updates, decoder updates and this epoch's E-step steps.
 
-What one run does (pyro_vae/fit.py and pyro_vae/em.py):
+What one run does (pyro_vae/runs/fit.py and pyro_vae/infer/em.py):
 
     e_adam = torch.optim.Adam(phi, lr=e_lr)      # encoder
     m_adam = torch.optim.Adam(theta, lr=m_lr)    # decoder, prior, likelihood
@@ -25,7 +25,7 @@ What one run does (pyro_vae/fit.py and pyro_vae/em.py):
 import sys
 
 from pyro_vae import fit, summary_table
-from pyro_vae.cli import parse_train_config, run_cli
+from pyro_vae.cli.main import parse_train_config, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

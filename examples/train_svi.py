@@ -6,8 +6,8 @@
 Every flag of ``pyro-vae train`` works here (``--help`` lists them). The run folder gets
 config.json, metrics.csv, checkpoint.pt and figures/ (reconstructions, samples, curves).
 
-What one run does (pyro_vae/fit.py and pyro_vae/svi.py), with the model and guide of
-pyro_vae/vae.py:
+What one run does (pyro_vae/runs/fit.py and pyro_vae/infer/svi.py), with the model and guide of
+pyro_vae/models/vae.py:
 
     vae = VAE(encoder, decoder, prior=N(0, I), likelihood=Bernoulli)
     loss = Trace_ELBO().differentiable_loss        # -ELBO, summed over the minibatch
@@ -23,7 +23,7 @@ pyro_vae/vae.py:
 import sys
 
 from pyro_vae import fit, summary_table
-from pyro_vae.cli import parse_train_config, run_cli
+from pyro_vae.cli.main import parse_train_config, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

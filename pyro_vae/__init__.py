@@ -1,37 +1,66 @@
 """pyro-vae: variational autoencoders written as Pyro programs.
 
-The model p(z) p_theta(x|z) and the guide q_phi(z|x) are Pyro programs (:class:`VAE`), trained by
-SVI on Pyro's ELBOs (:class:`SVITrainer`, :func:`make_objective`) and evaluated per data point
-(:func:`evaluate_elbo`). :func:`fit` runs a whole training job into a run folder.
+The model p(z) p_theta(x|z) and the guide q_phi(z|x) are Pyro programs (:class:`VAE`, and the
+autoencoder family, :class:`Autoencoder`, all implementing :class:`LatentModel`), trained by SVI
+on Pyro's ELBOs (:class:`SVITrainer`, :func:`make_objective`) or variational EM
+(:class:`EMTrainer`) and evaluated per data point (:func:`evaluate_elbo`). :func:`fit` runs a
+whole training job into a run folder.
+
+The package is layered; each subpackage imports only those below it:
+
+    cli/         the pyro-vae command: train, compare, evaluate, plot
+    runs/        config, the training job (fit), the run folder, resume
+    evaluation/  ELBO, log-likelihood and other metrics, figures
+    infer/       objectives and trainers (SVI, variational EM, Monte Carlo EM)
+    models/      the model interface, the VAE and the autoencoders, priors, likelihoods, networks
+    data/        image data sets as tensors
+    errors.py, distributed.py
+
+Every public name is importable from ``pyro_vae`` itself.
 """
 
 __version__ = "0.1.0"
 
-from pyro_vae.autoencoder import Autoencoder, train_autoencoder
-from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, load_data, minibatches
-from pyro_vae.em import EMTrainer
+from pyro_vae.data.images import ImageData, load_data, minibatches
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation import elbo_terms, evaluate_elbo
-from pyro_vae.fit import fit, load_vae, make_trainer, setup, summary_table
-from pyro_vae.likelihoods import (
+from pyro_vae.evaluation.elbo import elbo_terms, evaluate_elbo
+from pyro_vae.evaluation.metrics import (
+    active_units,
+    heldout_metrics,
+    log_likelihood,
+    reconstruction_metrics,
+)
+from pyro_vae.evaluation.mutual_info import mutual_information
+from pyro_vae.infer.em import EMTrainer
+from pyro_vae.infer.mcem import MCEMTrainer
+from pyro_vae.infer.objectives import iwae_loss, make_objective
+from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
+from pyro_vae.infer.svi import KLWarmup, SVITrainer
+from pyro_vae.infer.traces import log_densities
+from pyro_vae.models import MODELS
+from pyro_vae.models.autoencoders import Autoencoder
+from pyro_vae.models.base import LatentModel
+from pyro_vae.models.corruption import Corruption
+from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
 )
-from pyro_vae.mcem import MCEMTrainer
-from pyro_vae.metrics import active_units, heldout_metrics, log_likelihood
-from pyro_vae.mutual_info import mutual_information
-from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from pyro_vae.objectives import iwae_loss, make_objective
-from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
-from pyro_vae.priors import FlowPrior, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
-from pyro_vae.run import Run
-from pyro_vae.svi import KLWarmup, SVITrainer
-from pyro_vae.traces import log_densities
-from pyro_vae.vae import VAE, build_vae
+from pyro_vae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.models.priors import (
+    FlowPrior,
+    MixtureOfGaussiansPrior,
+    StandardNormalPrior,
+    VampPrior,
+)
+from pyro_vae.models.vae import VAE, build_vae
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.fit import fit, load_vae, make_trainer, setup, summary_table
+from pyro_vae.runs.folder import Run
 
 __all__ = [
+    "LatentModel",
+    "MODELS",
     "VAE",
     "build_vae",
     "MLPEncoder",
@@ -46,7 +75,7 @@ __all__ = [
     "GaussianLikelihood",
     "ContinuousBernoulliLikelihood",
     "Autoencoder",
-    "train_autoencoder",
+    "Corruption",
     "make_objective",
     "iwae_loss",
     "log_densities",
@@ -62,6 +91,7 @@ __all__ = [
     "log_likelihood",
     "active_units",
     "heldout_metrics",
+    "reconstruction_metrics",
     "elbo_terms",
     "evaluate_elbo",
     "ImageData",

@@ -1,5 +1,5 @@
 import sys
 
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 sys.exit(main())

@@ -16,8 +16,8 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from pyro_vae import distributed
-from pyro_vae.cli import parse_train_config
-from pyro_vae.fit import setup, train_one_epoch
+from pyro_vae.cli.main import parse_train_config
+from pyro_vae.runs.fit import setup, train_one_epoch
 
 
 class GuideMean(Messenger):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str]:

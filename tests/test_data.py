@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_vae import UserError, load_data, minibatches
-from pyro_vae.data import load_images, resolve_data_root
+from pyro_vae.data.images import load_images, resolve_data_root
 
 
 def test_loads_torchvision_layout_as_floats_in_unit_interval(fake_data_dir):

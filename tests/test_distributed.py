@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.run import Run
+from pyro_vae.runs.folder import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"

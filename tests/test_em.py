@@ -25,8 +25,8 @@ from pyro_vae import (
     make_objective,
     mutual_information,
 )
-from pyro_vae.cli import main
-from pyro_vae.em import random_minibatch, run_inner_loop
+from pyro_vae.cli.main import main
+from pyro_vae.infer.em import random_minibatch, run_inner_loop
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -44,7 +44,7 @@ def small_trainer(rule: str, **kwargs) -> tuple[EMTrainer, torch.Tensor]:
         e_max=6,
         e_lr=0.01,
         m_lr=0.01,
-        mi_data=x[:10],
+        mutual_info=lambda: mutual_information(vae, x[:10]),
         **kwargs,
     )
     return trainer, x

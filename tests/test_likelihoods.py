@@ -10,7 +10,7 @@ from pyro.distributions import Bernoulli
 
 from pyro_vae import TrainConfig, fit
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import (
+from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pyro_vae import TrainConfig, UserError
-from pyro_vae.cli import main
-from pyro_vae.mcem import MCEMTrainer, complete_data_log_likelihood
-from pyro_vae.metrics import log_likelihood
-from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
+from pyro_vae.cli.main import main
+from pyro_vae.evaluation.metrics import log_likelihood
+from pyro_vae.infer.mcem import MCEMTrainer, complete_data_log_likelihood
+from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
 from tests.test_em import (
     bitwise_equal,
     exact_log_px,

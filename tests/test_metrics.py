@@ -25,7 +25,7 @@ from pyro_vae import (
     log_likelihood,
     mutual_information,
 )
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 D, Z, S = 6, 2, 0.5
 
@@ -226,7 +226,7 @@ def test_evaluate_bad_input(trained_run, tmp_path, capsys, argv, message):
 
 def test_evaluate_refuses_a_checkpoint_of_another_configuration(trained_run, capsys):
     config = json.loads((trained_run / "config.json").read_text())
-    from pyro_vae.run import Run
+    from pyro_vae.runs.folder import Run
 
     state = Run(trained_run).load_checkpoint()
     state["config"] = {**config, "z_dim": 5}

@@ -1,4 +1,4 @@
-"""User networks, the conv pair, shape errors, the autoencoder baseline, and end-to-end runs."""
+"""User networks, the conv pair, shape errors, and end-to-end runs."""
 
 import pytest
 import torch
@@ -7,7 +7,6 @@ from torch import nn
 
 from pyro_vae import (
     VAE,
-    Autoencoder,
     ConvDecoder,
     ConvEncoder,
     SVITrainer,
@@ -17,12 +16,10 @@ from pyro_vae import (
     fit,
     load_vae,
     make_objective,
-    train_autoencoder,
 )
-from pyro_vae.autoencoder import reconstruction_error
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_vae.models.priors import StandardNormalPrior
 
 D, Z = 16, 2
 
@@ -115,21 +112,6 @@ def test_decoder_output_size_follows_the_likelihood():
             GaussianLikelihood(D, "decoder"),
             data_dim=D,
         )
-
-
-def test_linear_autoencoder_reaches_the_pca_error():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 3, generator=g) @ torch.randn(3, 10, generator=g)
-    x = x + 0.1 * torch.randn(512, 10, generator=g)
-    x = x - x.mean(0)
-    eigenvalues = torch.linalg.eigvalsh(x.T @ x / x.shape[0])
-    pca_error = eigenvalues[:-2].sum().item()  # best rank-2 reconstruction
-    model = Autoencoder(10, 2, hidden_dims=(), sigmoid_output=False)
-    start = reconstruction_error(model, x)
-    history = train_autoencoder(model, x, epochs=80, batch_size=128, lr=2e-2, generator=g)
-    assert history[-1] < history[0]
-    assert reconstruction_error(model, x) == pytest.approx(pca_error, rel=0.05)
-    assert start > 1.5 * pca_error
 
 
 @pytest.mark.slow

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, SVITrainer, make_objective
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import BernoulliLikelihood
-from pyro_vae.networks import MLPDecoder, MLPEncoder
-from pyro_vae.priors import (
+from pyro_vae.infer.traces import log_densities
+from pyro_vae.models.likelihoods import BernoulliLikelihood
+from pyro_vae.models.networks import MLPDecoder, MLPEncoder
+from pyro_vae.models.priors import (
     FlowPrior,
     MixtureOfGaussiansPrior,
     StandardNormalPrior,
@@ -20,7 +21,6 @@ from pyro_vae.priors import (
     make_prior,
     parse_prior_spec,
 )
-from pyro_vae.traces import log_densities
 
 D, Z = 12, 2
 SPECS = ["normal", "mog:3", "vamp:4", "flow:2"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pyro_vae import SVITrainer, TrainConfig, UserError, build_vae, fit, load_vae, make_objective
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import TrainingDiverged
-from pyro_vae.run import Run
-from pyro_vae.svi import gradient_step
+from pyro_vae.infer.svi import gradient_step
+from pyro_vae.runs.folder import Run
 
 FLAGS = ["--z-dim", "3", "--hidden-dims", "16", "--batch-size", "20", "--quiet"]
 
@@ -200,7 +200,7 @@ def test_checkpoint_from_another_architecture_is_refused(fake_data_dir, tmp_path
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(fake_data_dir, tmp_path, monkeypatch):
-    fit_module = sys.modules["pyro_vae.fit"]  # the attribute pyro_vae.fit is the function
+    fit_module = sys.modules["pyro_vae.runs.fit"]  # the attribute pyro_vae.fit is the function
 
     real = fit_module.make_objective
     calls = {"n": 0}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pyro_vae import KLWarmup, SVITrainer, TrainConfig, evaluate_elbo, fit, load_vae, setup
-from pyro_vae.run import Run
-from pyro_vae.svi import adam, epoch_loop
+from pyro_vae.infer.svi import adam, epoch_loop
+from pyro_vae.runs.folder import Run
 
 
 def small_config(data_dir, out, **overrides) -> TrainConfig:

@@ -7,15 +7,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_vae.config import ALGOS, TrainConfig
-from pyro_vae.data import BINARIZATIONS, DATASETS
-from pyro_vae.em import E_RULES
+from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
-from pyro_vae.networks import ARCHS
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.posterior_sampling import KERNELS
-from pyro_vae.priors import PRIOR_HELP, parse_prior_spec
+from pyro_vae.infer.em import E_RULES
+from pyro_vae.infer.objectives import OBJECTIVES
+from pyro_vae.infer.posterior_sampling import KERNELS
+from pyro_vae.models import MODELS
+from pyro_vae.models.corruption import CORRUPT_HELP, parse_corruption
+from pyro_vae.models.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
+from pyro_vae.models.networks import ARCHS
+from pyro_vae.models.priors import PRIOR_HELP, parse_prior_spec
+from pyro_vae.runs.config import ALGOS, TrainConfig
 
 __all__ = [
     "main",
@@ -61,6 +63,7 @@ positive_int = _number(int, lambda v: v > 0, " positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, " non-negative integer")
 positive_float = _number(float, lambda v: v > 0, " positive number")
 non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
+open_unit_float = _number(float, lambda v: 0 < v < 1, " number in (0, 1)")
 
 
 def _spec(parse: Callable[[str], object]):
@@ -102,6 +105,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--limit-train", type=positive_int, default=None, metavar="N")
     data.add_argument("--limit-test", type=positive_int, default=None, metavar="N")
     model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default=d.model,
+        help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior)",
+    )
     model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
     model.add_argument(
         "--hidden-dims",
@@ -123,6 +132,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--prior", type=_spec(parse_prior_spec), default=d.prior, metavar="SPEC", help=PRIOR_HELP
     )
     model.add_argument("--arch", choices=ARCHS, default=d.arch, help="encoder/decoder networks")
+    model.add_argument(
+        "--sparsity",
+        type=open_unit_float,
+        default=None,
+        metavar="RHO",
+        help="sparse autoencoder (--model ae): sigmoid codes with target mean activation RHO",
+    )
+    model.add_argument(
+        "--sparsity-weight",
+        type=positive_float,
+        default=d.sparsity_weight,
+        metavar="BETA",
+        help="weight of the sparsity penalty BETA * sum_j KL(RHO || rho_hat_j)",
+    )
+    model.add_argument(
+        "--corrupt",
+        type=_spec(parse_corruption),
+        default=None,
+        metavar="SPEC",
+        help=f"denoising: corrupt what the encoder sees in training: {CORRUPT_HELP}",
+    )
     train = parser.add_argument_group("training")
     train.add_argument(
         "--elbo",
@@ -230,7 +260,7 @@ def config_from_args(
     config = TrainConfig(**fields)
     if config.resume is None:
         return config
-    from pyro_vae.resume import resume_config
+    from pyro_vae.runs.resume import resume_config
 
     argv = sys.argv[1:] if argv is None else argv
     given = {name for name in fields if _flag(name) in {a.split("=")[0] for a in argv}}
@@ -270,7 +300,7 @@ def run_cli(job: Callable[[], object]) -> int:
 
 def _train(config: TrainConfig) -> None:
     from pyro_vae import distributed
-    from pyro_vae.fit import fit, summary_table
+    from pyro_vae.runs.fit import fit, summary_table
 
     run = fit(config)
     if distributed.is_main():  # under torchrun, one summary
@@ -288,11 +318,31 @@ def algo_names(text: str) -> list[str]:
     return names
 
 
+def model_names(text: str) -> list[str]:
+    """``ae,vae`` -> ["ae", "vae"], each checked against ``--model``'s choices."""
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {name!r} (choose from {', '.join(MODELS)})"
+            )
+    return names
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training flags, with ``--algo`` and ``--e-rule`` taking lists: one run per
-    algorithm, and one EM run per E-step rule. ``parser`` must be made with
+    """The training flags, with ``--model``, ``--algo`` and ``--e-rule`` taking lists: one run
+    per model and algorithm, and one EM run per E-step rule. ``parser`` must be made with
     ``conflict_handler="resolve"`` (the list flags replace the single-valued ones)."""
     add_train_arguments(parser)
+    parser.add_argument(
+        "--model",
+        "--models",
+        type=model_names,
+        nargs="+",
+        default=[[TrainConfig().model]],
+        metavar="MODEL",
+        help="models to compare, space- or comma-separated: vae ae (default: vae)",
+    )
     parser.add_argument(
         "--algo",
         "--algos",
@@ -322,7 +372,7 @@ def compare_parser(prog: str | None = None, description: str | None = None) -> O
 
 def run_compare(args: argparse.Namespace) -> None:
     """Train and compare the runs ``compare_parser``'s ``args`` describe; print the table."""
-    from pyro_vae.compare import compare, compare_configs
+    from pyro_vae.cli.compare import compare, compare_configs
 
     result = compare(compare_configs(args), args.out)
     print(result.markdown)
@@ -330,13 +380,14 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from pyro_vae.posthoc import eval_table, evaluate_run
+    from pyro_vae.cli.posthoc import eval_table, evaluate_run
 
-    print(eval_table(evaluate_run(args.run_dir, args.iw_samples, args.limit, args.data_dir)))
+    result = evaluate_run(args.run_dir, args.iw_samples, args.limit, args.data_dir, args.corrupt)
+    print(eval_table(result))
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from pyro_vae.posthoc import plot_run
+    from pyro_vae.cli.posthoc import plot_run
 
     for path in plot_run(args.run_dir, args.data_dir):
         print(path)
@@ -352,6 +403,13 @@ def add_posthoc_commands(commands) -> None:
     evaluate.add_argument(
         "--limit", type=positive_int, default=None, metavar="N", help="first N test images only"
     )
+    evaluate.add_argument(
+        "--corrupt",
+        type=_spec(parse_corruption),
+        default=None,
+        metavar="SPEC",
+        help=f"also reconstruct from corrupted test images: {CORRUPT_HELP}",
+    )
     plot = commands.add_parser("plot", help="regenerate a run's figures")
     plot.add_argument("run_dir", metavar="RUN_DIR")
     for sub in (evaluate, plot):
@@ -361,11 +419,13 @@ def add_posthoc_commands(commands) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train_arguments(commands.add_parser("train", help="train a VAE by SVI or variational EM"))
+    add_train_arguments(
+        commands.add_parser("train", help="train a model by SVI, variational EM or MCEM")
+    )
     add_compare_arguments(
         commands.add_parser(
             "compare",
-            help="train SVI and variational EM on the same problem and compare them",
+            help="train several algorithms or models on the same problem and compare them",
             conflict_handler="resolve",
         )
     )

@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed
-from pyro_vae.data import minibatches
+from pyro_vae.data.images import minibatches
 from pyro_vae.errors import TrainingDiverged
-from pyro_vae.objectives import Objective
-from pyro_vae.vae import VAE
+from pyro_vae.infer.objectives import Objective
+from pyro_vae.models.base import LatentModel
 
 __all__ = [
     "KLWarmup",
@@ -62,7 +62,7 @@ def adam(params: list[torch.nn.Parameter] | list[dict], lr: float) -> torch.opti
     return torch.optim.Adam(groups, lr=lr, fused=all(on_cpu_or_cuda))
 
 
-def parameter_groups(vae: VAE) -> list[dict]:
+def parameter_groups(vae: LatentModel) -> list[dict]:
     """The guide (phi) and model (theta) parameters as named optimizer groups."""
     return [
         {"name": "guide", "params": list(vae.guide_parameters())},
@@ -154,7 +154,7 @@ def epoch_loop(
 
 
 class SVITrainer:
-    """Trains a :class:`~pyro_vae.vae.VAE` by SVI on a Pyro objective.
+    """Trains a model (:class:`~pyro_vae.models.base.LatentModel`) by SVI on a Pyro objective.
 
     Args:
         vae: the model and guide.
@@ -166,7 +166,7 @@ class SVITrainer:
 
     def __init__(
         self,
-        vae: VAE,
+        vae: LatentModel,
         objective: Objective,
         lr: float = 1e-3,
         kl_weight: Callable[[int], float] | None = None,

@@ -6,7 +6,7 @@ likelihood's parameters, shape (..., P * D) where P is the likelihood's ``params
 (1, or 2 for a decoder-predicted Gaussian scale); leading dimensions are free so that Pyro can
 stack several particles in front of the batch.
 
-Any ``nn.Module`` with these signatures can be passed to :class:`~pyro_vae.vae.VAE`;
+Any ``nn.Module`` with these signatures can be passed to :class:`~pyro_vae.models.vae.VAE`;
 :func:`check_networks` runs both once on a dummy batch and names the expected shapes when they
 do not match. Built in (``--arch``): the MLP pair, and a small convolutional pair for 28 x 28
 images (two stride-2 convolutions each way).
@@ -27,6 +27,7 @@ __all__ = [
     "ConvEncoder",
     "ConvDecoder",
     "mlp",
+    "build_networks",
     "check_networks",
 ]
 
@@ -125,6 +126,30 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.net(z.reshape(-1, z.shape[-1]))
         return out.reshape(*z.shape[:-1], -1)
+
+
+def build_networks(
+    arch: str,
+    data_dim: int,
+    z_dim: int,
+    hidden_dims: Sequence[int],
+    likelihood: nn.Module,
+    image_shape: tuple[int, int] = (28, 28),
+) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder ``--arch`` names: ``mlp`` (the decoder mirrors ``hidden_dims``)
+    or ``conv`` (``image_shape`` images; ``hidden_dims`` unused); the decoder's output has the
+    ``likelihood``'s ``params_per_dim`` values per data dimension."""
+    params_per_dim = getattr(likelihood, "params_per_dim", 1)
+    if arch == "mlp":
+        encoder = MLPEncoder(data_dim, hidden_dims, z_dim)
+        decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), params_per_dim * data_dim)
+        return encoder, decoder
+    if arch == "conv":
+        if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:
+            raise UserError("--arch conv needs h x w images with h, w divisible by 4, D = h * w")
+        encoder = ConvEncoder(image_shape, z_dim)
+        return encoder, ConvDecoder(z_dim, image_shape, out_channels=params_per_dim)
+    raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
 
 
 def check_networks(

@@ -11,10 +11,21 @@
 - ``latent.png``: test posterior means E_q[z|x], coloured by class (PCA to 2-D when z_dim > 2).
 - ``interpolation.png``: decoded means along straight lines between the posterior means of
   pairs of test images (originals at both ends).
+- ``random_codes.png``: decoded means of random codes, drawn from a Gaussian with the mean and
+  covariance of the test codes: the same cloud for every model, so the figure shows whether the
+  decoder makes sense of the space between the codes of the data (a VAE's does, a plain
+  autoencoder's does not; docs/autoencoders.md).
+- ``denoising.png`` (models with a corruption): clean test images, their corrupted copies, and
+  the reconstructions from the corrupted copies.
+- ``sparsity.png`` (sparse autoencoders): each code unit's mean activation on the test images
+  against the target.
+
+:data:`FIGURES` maps each name a model lists in ``model.figures`` to its drawing function;
+:func:`write_figures` draws those of the model (and the curves).
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +35,8 @@ matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.evaluation.metrics import corrupt_fixed  # noqa: E402
+from pyro_vae.models.base import LatentModel  # noqa: E402
 
 __all__ = [
     "image_grid",
@@ -35,6 +47,10 @@ __all__ = [
     "plot_manifold",
     "plot_latent",
     "plot_interpolation",
+    "plot_random_codes",
+    "plot_denoising",
+    "plot_sparsity",
+    "FIGURES",
     "write_figures",
 ]
 
@@ -60,7 +76,7 @@ def _save_grid(grid: torch.Tensor, title: str, path: Path) -> None:
 
 
 def plot_reconstructions(
-    vae: VAE,
+    vae: LatentModel,
     x: torch.Tensor,
     path: Path,
     image_shape: Sequence[int],
@@ -69,7 +85,7 @@ def plot_reconstructions(
 ) -> None:
     """Rows of originals, each above the row of their reconstructions."""
     x = x[: pairs * cols]
-    recon = vae.reconstruct(x.to(next(vae.parameters()).device)).cpu()
+    recon = vae.reconstruct(x.to(_device(vae))).cpu()
     rows = [
         t
         for i in range(pairs)
@@ -79,18 +95,22 @@ def plot_reconstructions(
     _save_grid(grid, "test images (odd rows) and their reconstructions (even rows)", path)
 
 
-def plot_samples(vae: VAE, path: Path, image_shape: Sequence[int], n: int = 8) -> None:
+def plot_samples(vae: LatentModel, path: Path, image_shape: Sequence[int], n: int = 8) -> None:
     """An n x n grid of p(x|z) means for z ~ p(z)."""
     grid = image_grid(vae.sample(n * n).cpu(), rows=n, image_shape=image_shape)
     _save_grid(grid, "samples: mean of p(x|z), z ~ p(z)", path)
 
 
 def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
-    """Training objective and test ELBO (nats per data point) against epochs."""
+    """Training objective and test ELBO (nats per data point) against epochs; for a model
+    without an ELBO, its test reconstruction term."""
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(epochs, [-m["train_loss"] for m in metrics], "o-", label="train (-loss)")
-    ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", label="test ELBO")
+    if any(math.isfinite(m["test_elbo"]) for m in metrics):
+        ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", label="test ELBO")
+    else:  # a model without an ELBO (the autoencoder): its reconstruction term
+        ax.plot(epochs, [m["test_recon"] for m in metrics], "s-", label="test log p(x | f(x))")
     if "val_elbo" in metrics[0] and metrics[0]["val_elbo"] == metrics[0]["val_elbo"]:
         ax.plot(epochs, [m["val_elbo"] for m in metrics], "^-", label="validation ELBO")
     iwae = [
@@ -110,9 +130,13 @@ def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _posterior_means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
-    device = next(vae.parameters()).device
-    return torch.cat([vae.encode(x[i : i + 1000].to(device))[0] for i in range(0, len(x), 1000)])
+def _device(vae: LatentModel) -> torch.device:
+    return next(vae.parameters()).device
+
+
+def _posterior_means(vae: LatentModel, x: torch.Tensor) -> torch.Tensor:
+    device = _device(vae)
+    return torch.cat([vae.codes(x[i : i + 1000].to(device)) for i in range(0, len(x), 1000)])
 
 
 def principal_axes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,7 +147,7 @@ def principal_axes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def plot_manifold(
-    vae: VAE, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 15
+    vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 15
 ) -> None:
     """Decode an n x n grid of standard-normal quantiles (z_dim = 2) or a principal plane."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
@@ -138,12 +162,12 @@ def plot_manifold(
         centre, axes, spread = principal_axes(_posterior_means(vae, test).cpu())
         z = centre + (grid * spread) @ axes
         title = "latent manifold: plane of the two principal axes of E_q[z|x]"
-    images = vae.likelihood.mean(vae.decoder(z.to(device))).cpu()
+    images = vae.decode_mean(z.to(device)).cpu()
     _save_grid(image_grid(images, rows=n, image_shape=image_shape), title, path)
 
 
 def plot_latent(
-    vae: VAE, test: torch.Tensor, labels: torch.Tensor | None, path: Path, limit: int = 5000
+    vae: LatentModel, test: torch.Tensor, labels: torch.Tensor | None, path: Path, limit: int = 5000
 ) -> None:
     """Scatter of test posterior means, coloured by class; PCA to 2-D when z_dim > 2."""
     z = _posterior_means(vae, test[:limit]).cpu()
@@ -193,7 +217,7 @@ def _pairs(labels: torch.Tensor | None, n: int, rows: int) -> list[tuple[int, in
 
 
 def plot_interpolation(
-    vae: VAE,
+    vae: LatentModel,
     test: torch.Tensor,
     labels: torch.Tensor | None,
     path: Path,
@@ -209,36 +233,92 @@ def plot_interpolation(
     images = []
     for i, j in pairs:
         za, zb = _posterior_means(vae, test[[i, j]]).cpu()
-        line = vae.likelihood.mean(vae.decoder(((1 - t) * za + t * zb).to(device))).cpu()
+        line = vae.decode_mean(((1 - t) * za + t * zb).to(device)).cpu()
         images += [test[i : i + 1].cpu(), line, test[j : j + 1].cpu()]
     grid = image_grid(torch.cat(images), rows=len(pairs), image_shape=image_shape)
     _save_grid(grid, "interpolation in latent space (test images at both ends)", path)
 
 
+def plot_random_codes(
+    vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 8
+) -> None:
+    """An n x n grid of p(x|z) means for z ~ N(mean, covariance of the test codes)."""
+    codes = _posterior_means(vae, test).cpu().double()
+    centre = codes.mean(0)
+    cov = torch.cov(codes.T).reshape(len(centre), len(centre))
+    cov += 1e-6 * cov.diagonal().mean().clamp(min=1e-6) * torch.eye(len(centre), dtype=cov.dtype)
+    gaussian = torch.distributions.MultivariateNormal(centre, covariance_matrix=cov)
+    z = gaussian.sample((n * n,)).float()
+    images = vae.decode_mean(z.to(_device(vae))).cpu()
+    title = "random codes: z ~ N(mean, covariance of the test codes), decoded"
+    _save_grid(image_grid(images, rows=n, image_shape=image_shape), title, path)
+
+
+def plot_denoising(
+    vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], cols: int = 10
+) -> None:
+    """Rows of clean test images, their corrupted copies (the fixed test corruption of
+    :func:`~pyro_vae.evaluation.metrics.corrupt_fixed`) and the reconstructions from those."""
+    x = test[:cols].to(_device(vae))
+    noisy = corrupt_fixed(x, vae.corruption.spec)
+    rows = [x.cpu(), noisy.clamp(0, 1).cpu(), vae.reconstruct(noisy).cpu()]
+    grid = image_grid(torch.cat(rows), rows=3, image_shape=image_shape)
+    title = f"clean / corrupted ({vae.corruption.spec}) / reconstructed from the corrupted row"
+    _save_grid(grid, title, path)
+
+
+def plot_sparsity(vae: LatentModel, test: torch.Tensor, path: Path) -> None:
+    """Each code unit's mean activation over the test images, against the target rho."""
+    rho_hat = _posterior_means(vae, test).mean(0).cpu()
+    fig, ax = plt.subplots(figsize=(6.2, 3.2))
+    ax.bar(range(len(rho_hat)), rho_hat.numpy(), color="C0", label="mean activation")
+    ax.axhline(vae.sparsity, color="C3", linestyle="--", label=f"target rho = {vae.sparsity:g}")
+    ax.set_xlabel("code unit j")
+    ax.set_ylabel("mean activation rho_hat_j")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+#: figure name (as models list them in ``model.figures``) -> fn(model, test, labels, path, shape)
+FIGURES: dict[str, Callable] = {
+    "reconstructions": lambda m, x, y, path, shape: plot_reconstructions(m, x, path, shape),
+    "samples": lambda m, x, y, path, shape: plot_samples(m, path, shape),
+    "random_codes": lambda m, x, y, path, shape: plot_random_codes(m, x, path, shape),
+    "manifold": lambda m, x, y, path, shape: plot_manifold(m, x, path, shape),
+    "latent": lambda m, x, y, path, shape: plot_latent(m, x, y, path),
+    "interpolation": lambda m, x, y, path, shape: plot_interpolation(m, x, y, path, shape),
+    "denoising": lambda m, x, y, path, shape: plot_denoising(m, x, path, shape),
+    "sparsity": lambda m, x, y, path, shape: plot_sparsity(m, x, path),
+}
+
+
 def write_figures(
-    vae: VAE,
+    vae: LatentModel,
     test: torch.Tensor,
     metrics: list[dict[str, float]],
     folder: Path,
     image_shape: Sequence[int] = (28, 28),
     labels: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write every figure of a run into ``folder``; returns the paths written.
+    """Write every figure the model lists (``vae.figures``) into ``folder``, and the training
+    curves; returns the paths written.
 
     ``labels`` (classes of the test images) colour the latent scatter and pick interpolation
-    pairs of different classes; without them the scatter is one colour.
+    pairs of different classes; without them the scatter is one colour. Random draws (samples,
+    random codes) come from a forked RNG seeded with 0, so figures do not move the run's RNG and
+    ``pyro-vae plot`` redraws the same pictures.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    names = ["reconstructions", "samples", "manifold", "latent", "interpolation"]
-    paths = [folder / f"{name}.png" for name in names]
+    paths = [folder / f"{name}.png" for name in vae.figures]
     was_training = vae.training
     vae.eval()
-    with torch.no_grad():
-        plot_reconstructions(vae, test, paths[0], image_shape)
-        plot_samples(vae, paths[1], image_shape)
-        plot_manifold(vae, test, paths[2], image_shape)
-        plot_latent(vae, test, labels, paths[3])
-        plot_interpolation(vae, test, labels, paths[4], image_shape)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name, path in zip(vae.figures, paths, strict=True):
+            FIGURES[name](vae, test, labels, path, image_shape)
     vae.train(was_training)
     if metrics:
         paths.append(folder / "curves.png")

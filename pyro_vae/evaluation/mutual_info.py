@@ -17,7 +17,7 @@ import math
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.vae import VAE
+from pyro_vae.models.vae import VAE
 
 __all__ = ["mutual_information"]
 

@@ -1,8 +1,9 @@
 """Work on a finished run folder: ``pyro-vae evaluate`` and ``pyro-vae plot``.
 
-Both rebuild the trained VAE from ``checkpoint.pt`` and the test set exactly as training did
-(:func:`pyro_vae.data.load_data` with the run's own configuration: same data set, subsample and
-fixed test binarization), so their numbers and figures describe the run's own test set.
+Both rebuild the trained model (any ``--model``) from ``checkpoint.pt`` and the test set exactly
+as training did (:func:`pyro_vae.data.images.load_data` with the run's own configuration: same
+data set, subsample and fixed test binarization), so their numbers and figures describe the
+run's own test set.
 """
 
 import json
@@ -13,19 +14,22 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.data import ImageData, load_data
+from pyro_vae.data.images import ImageData, load_data
 from pyro_vae.errors import UserError
-from pyro_vae.fit import load_vae
-from pyro_vae.metrics import heldout_metrics
-from pyro_vae.plots import write_figures
-from pyro_vae.run import Run, library_versions
-from pyro_vae.vae import VAE
+from pyro_vae.evaluation.figures import write_figures
+from pyro_vae.evaluation.metrics import heldout_metrics
+from pyro_vae.models import LatentModel
+from pyro_vae.models.corruption import parse_corruption
+from pyro_vae.runs.fit import load_vae
+from pyro_vae.runs.folder import Run, library_versions
 
 __all__ = ["load_run", "evaluate_run", "eval_table", "plot_run"]
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[VAE, ImageData, int]:
-    """The trained VAE, its data (test set as in training) and the checkpoint's epoch."""
+def load_run(
+    run_dir: str | Path, data_dir: str | None = None
+) -> tuple[LatentModel, ImageData, int]:
+    """The trained model, its data (test set as in training) and the checkpoint's epoch."""
     run = Run(run_dir)
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
@@ -41,7 +45,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[VAE, Ima
         config.seed,
     )
     try:
-        vae.encode(data.test[:1])
+        vae.codes(data.test[:1])
     except RuntimeError:
         raise UserError(
             f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "
@@ -55,8 +59,16 @@ def evaluate_run(
     iw_samples: int = 5000,
     limit: int | None = None,
     data_dir: str | None = None,
+    corrupt: str | None = None,
 ) -> dict:
-    """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``."""
+    """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``.
+
+    The metrics are those that apply to the run's model; ``not_applicable`` in the result says
+    why the others are left out. ``corrupt`` (a ``--corrupt`` spec) adds the reconstruction from
+    corrupted test images, for any model (a denoising run reports its own corruption anyway).
+    """
+    if corrupt is not None:
+        parse_corruption(corrupt)
     if iw_samples <= 0:
         raise UserError(f"--iw-samples must be positive (got {iw_samples})")
     if limit is not None and limit <= 0:
@@ -64,13 +76,14 @@ def evaluate_run(
     vae, data, epoch = load_run(run_dir, data_dir)
     x = data.test[:limit] if limit else data.test
     start = time.perf_counter()
-    metrics = heldout_metrics(vae, x, iw_samples)
+    metrics = heldout_metrics(vae, x, iw_samples, corrupt)
     result = {
         "run": str(run_dir),
+        "model": type(vae).__name__,
         "epoch": epoch,
         "num_test": int(x.shape[0]),
         "iw_samples": iw_samples,
-        "z_dim": int(vae.encode(x[:1])[0].shape[-1]),
+        "z_dim": int(vae.codes(x[:1]).shape[-1]),
         **metrics,
         "seconds": time.perf_counter() - start,
         "machine": machine_description(),
@@ -96,19 +109,38 @@ def machine_description() -> str:
 
 
 def eval_table(result: dict) -> str:
-    """The printed summary of :func:`evaluate_run`."""
+    """The printed summary of :func:`evaluate_run`: the numbers it has, and a line for each
+    metric left out."""
     k = result["iw_samples"]
+    rows = [
+        ("iwae", f"log p(x) ~ L_{k}", "{iwae:.2f} +- {iwae_sem:.2f} nats/datum"),
+        ("elbo", "ELBO", "{elbo:.2f} nats/datum"),
+        ("recon", "  recon", "{recon:.2f}"),
+        ("kl", "  KL", "{kl:.2f}"),
+        ("recon_at_code", "log p(x|z=code)", "{recon_at_code:.2f} nats/datum"),
+        ("sq_error", "squared error", "{sq_error:.2f} per image"),
+        ("active_units", "active units", "{active_units} of {z_dim}"),
+        ("mutual_info", "mutual info", "{mutual_info:.2f} nats"),
+        (
+            "sparsity_kl",
+            "mean activation",
+            "{mean_activation_avg:.3f} (target "
+            "{sparsity_target:g}, units {mean_activation_min:.3f}-{mean_activation_max:.3f})",
+        ),
+        (
+            "corrupted_recon_at_code",
+            "from corrupted",
+            "log p(x|z=code(x~)) "
+            "{corrupted_recon_at_code:.2f}, squared error {corrupted_sq_error:.2f} ({corruption})",
+        ),
+    ]
     lines = [
         ("run folder", result["run"]),
         ("test images", f"{result['num_test']}  (checkpoint of epoch {result['epoch']})"),
-        (f"log p(x) ~ L_{k}", f"{result['iwae']:.2f} +- {result['iwae_sem']:.2f} nats/datum"),
-        ("ELBO", f"{result['elbo']:.2f} nats/datum"),
-        ("  recon", f"{result['recon']:.2f}"),
-        ("  KL", f"{result['kl']:.2f}"),
-        ("active units", f"{result['active_units']} of {result['z_dim']}"),
-        ("mutual info", f"{result['mutual_info']:.2f} nats"),
-        ("seconds", f"{result['seconds']:.0f}"),
     ]
+    lines += [(name, fmt.format(**result)) for key, name, fmt in rows if key in result]
+    lines += [(f"{key} n/a", why) for key, why in result.get("not_applicable", {}).items()]
+    lines.append(("seconds", f"{result['seconds']:.0f}"))
     return "\n".join(f"{name:<16} {value}" for name, value in lines)
 
 

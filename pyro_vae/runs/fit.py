@@ -1,11 +1,15 @@
-"""Train a VAE end to end: data, model, trainer, run folder, one row of metrics per epoch.
+"""Train a model end to end: data, model, trainer, run folder, one row of metrics per epoch.
+
+Every model (``--model``, :data:`pyro_vae.models.MODELS`) goes through the same loop: it is
+built by its ``from_config``, trained by the trainer ``--algo`` names, evaluated by the metrics
+and drawn by the figures it lists, and saved in one checkpoint format.
 
 data, vae, trainer = setup(config)
 run = Run.create(out)                  # or, with --resume, restore the run's checkpoint
 for epoch in 1..E:
     train_loss = trainer.train_epoch(training data for this epoch)   # SVI or EM
     test = evaluate_elbo(vae, test data)          # ELBO, recon, KL per datum
-    every --eval-every epochs: test IWAE, active units, MI (pyro_vae.metrics)
+    every --eval-every epochs: test IWAE, active units, MI (pyro_vae.evaluation.metrics)
     run.log(row); every --checkpoint-every epochs: run.save_checkpoint(state)
 write_figures(...)
 
@@ -17,7 +21,6 @@ import copy
 import math
 import random
 import time
-import warnings
 
 import numpy as np
 import pyro
@@ -25,21 +28,21 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed
-from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, load_data
-from pyro_vae.em import EMTrainer
+from pyro_vae.data.images import ImageData, load_data
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
-from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.mcem import MCEMTrainer
-from pyro_vae.metrics import heldout_metrics, log_likelihood_mean_sem
-from pyro_vae.objectives import make_objective
-from pyro_vae.plots import write_figures
-from pyro_vae.posterior_sampling import ChainSettings, PosteriorEncoder
-from pyro_vae.priors import has_closed_form_kl
-from pyro_vae.resume import restore
-from pyro_vae.run import Run, default_run_dir
-from pyro_vae.svi import KLWarmup, SVITrainer
-from pyro_vae.vae import VAE, build_vae
+from pyro_vae.evaluation.elbo import evaluate_elbo
+from pyro_vae.evaluation.figures import write_figures
+from pyro_vae.evaluation.metrics import heldout_metrics, log_likelihood_mean_sem
+from pyro_vae.evaluation.mutual_info import mutual_information
+from pyro_vae.infer.em import EMTrainer
+from pyro_vae.infer.mcem import MCEMTrainer
+from pyro_vae.infer.objectives import make_objective
+from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
+from pyro_vae.infer.svi import KLWarmup, SVITrainer
+from pyro_vae.models import MODELS, LatentModel
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.folder import Run, default_run_dir
+from pyro_vae.runs.resume import restore
 
 Trainer = SVITrainer | EMTrainer | MCEMTrainer
 
@@ -48,10 +51,10 @@ __all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table", "heldout
 
 def setup(
     config: TrainConfig, prior: nn.Module | None = None
-) -> tuple[ImageData, VAE, Trainer, torch.Generator]:
-    """Seed every generator, load the data and build the VAE and its trainer.
+) -> tuple[ImageData, LatentModel, Trainer, torch.Generator]:
+    """Seed every generator, load the data and build the model and its trainer.
 
-    ``prior``: a prior module of the user's own (see :mod:`pyro_vae.priors` for the protocol)
+    ``prior``: a prior module of the user's own (see :mod:`pyro_vae.models.priors` for the protocol)
     used instead of ``config.prior``, which is then recorded as ``"custom"``.
     """
     if prior is not None:
@@ -71,12 +74,6 @@ def setup(
     )
     vae = _build(config, data.data_dim, prior, data.image_shape)
     _check_data(vae, data)
-    if config.elbo == "meanfield" and not has_closed_form_kl(vae.prior, config.z_dim):
-        warnings.warn(
-            f"--elbo meanfield: prior {config.prior!r} has no closed-form KL to the guide; "
-            "Pyro uses the Monte Carlo estimate (as --elbo trace does)",
-            stacklevel=2,
-        )
     vae.to(config.device)
     distributed.broadcast_module(vae)
     if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
@@ -84,7 +81,7 @@ def setup(
     return data, vae, make_trainer(config, vae, data), data_rng
 
 
-def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
+def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trainer:
     """The trainer ``--algo`` names, with the objective, learning rates and KL schedule."""
     steps_per_epoch = math.ceil(data.train.shape[0] / global_batch_size(config))
     objective = make_objective(config.elbo, config.num_particles)
@@ -107,9 +104,17 @@ def make_trainer(config: TrainConfig, vae: VAE, data: ImageData) -> Trainer:
         e_lr=config.e_lr or config.lr,
         m_lr=config.m_lr or config.lr,
         kl_weight=kl_weight,
-        mi_data=data.val.to(config.device) if data.val is not None else None,
+        mutual_info=_validation_mutual_info(vae, data.val, config.device),
         clip_norm=config.clip_norm,
     )
+
+
+def _validation_mutual_info(vae: LatentModel, val: torch.Tensor | None, device: str):
+    """The ``aggressive`` E-step rule's measure: I_q(x; z) on the validation images."""
+    if val is None:
+        return None
+    val = val.to(device)
+    return lambda: mutual_information(vae, val)
 
 
 def chain_settings(config: TrainConfig, warmup: int, samples: int) -> ChainSettings:
@@ -135,27 +140,19 @@ def update_counts(trainer: Trainer) -> dict:
 
 def _build(
     config: TrainConfig, data_dim: int, prior: nn.Module | None, image_shape=(28, 28)
-) -> VAE:
-    """The VAE ``config`` describes. Under Monte Carlo EM, which trains no guide, its encoder
-    is a :class:`PosteriorEncoder`: Gaussians fitted to HMC samples of p(z|x), so every
-    evaluation written against ``vae.guide`` (ELBO, IWAE, active units, figures) applies."""
-    vae = build_vae(
-        data_dim,
-        config.z_dim,
-        config.hidden_dims,
-        config.likelihood,
-        prior=config.prior if prior is None else prior,
-        arch=config.arch,
-        gaussian_scale=config.gaussian_scale,
-        image_shape=image_shape,
-    )
+) -> LatentModel:
+    """The model ``config`` describes (``--model``). Under Monte Carlo EM (VAE only), which
+    trains no guide, its encoder is a :class:`PosteriorEncoder`: Gaussians fitted to HMC samples
+    of p(z|x), so every evaluation written against ``vae.guide`` (ELBO, IWAE, active units,
+    figures) applies."""
+    vae = MODELS[config.model].from_config(config, data_dim, image_shape, prior)
     if config.algo == "mcem":
         settings = chain_settings(config, config.mc_eval_warmup, config.mc_eval_samples)
         vae.encoder = PosteriorEncoder(vae.model, settings, config.z_dim)
     return vae
 
 
-def _check_data(vae: VAE, data: ImageData) -> None:
+def _check_data(vae: LatentModel, data: ImageData) -> None:
     """Reject data outside the likelihood's support once, before the run folder is made.
 
     Under dynamic binarization the stored training set holds intensities and every epoch draws
@@ -172,7 +169,7 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
 
     ``prior``: optionally a prior module of the user's own (see :func:`setup`).
     ``config.resume``: continue that run folder from its checkpoint (see
-    :mod:`pyro_vae.resume`). A checkpoint is written every ``config.checkpoint_every`` epochs
+    :mod:`pyro_vae.runs.resume`). A checkpoint is written every ``config.checkpoint_every`` epochs
     and after the last; on Ctrl-C the last completed epoch is saved
     (:class:`TrainingInterrupted`); a NaN or infinite loss stops the run and keeps the last
     checkpoint untouched (:class:`TrainingDiverged`).
@@ -231,7 +228,7 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
 def train_one_epoch(
     config: TrainConfig,
     data: ImageData,
-    vae: VAE,
+    vae: LatentModel,
     trainer: Trainer,
     data_rng: torch.Generator,
     epoch: int,
@@ -257,10 +254,17 @@ def train_one_epoch(
     else:
         test = evaluate_elbo(vae, data.test.to(device))
         val = evaluate_elbo(vae, data.val.to(device)) if data.val is not None else None
+    if "elbo" not in vae.metrics:  # no bound to report (the autoencoder): reconstruction only
+        test["elbo"] = test["kl"] = None
+        val = dict(val, elbo=None) if val else None
     if talk:
+        shown = (
+            f"test ELBO {test['elbo']:8.2f}  KL {test['kl']:6.2f}"
+            if test["elbo"] is not None
+            else f"test log p(x|z) {test['recon']:8.2f}"
+        )
         print(
-            f"epoch {epoch:3d}  train loss {train_loss:8.2f}  test ELBO {test['elbo']:8.2f}"
-            f"  KL {test['kl']:6.2f}  {seconds:6.1f}s",
+            f"epoch {epoch:3d}  train loss {train_loss:8.2f}  {shown}  {seconds:6.1f}s",
             flush=True,
         )
     return {
@@ -284,7 +288,7 @@ def evaluation_due(config: TrainConfig, epoch: int) -> bool:
 
 def heldout_columns(
     config: TrainConfig,
-    vae: VAE,
+    vae: LatentModel,
     test: torch.Tensor,
     epoch: int,
     train: torch.Tensor | None = None,
@@ -294,6 +298,7 @@ def heldout_columns(
     ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
 
     The evaluation draws from a forked torch RNG, so turning it on does not change training.
+    Metrics that do not apply to the model (``vae.metrics``) are blank cells.
     """
     columns = {"test_iwae": "iwae", "active_units": "active_units", "mutual_info": "mutual_info"}
     if not evaluation_due(config, epoch):
@@ -302,16 +307,16 @@ def heldout_columns(
         m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
         train_iwae = (
             log_likelihood_mean_sem(vae, train[: config.eval_limit], config.eval_iw_samples)[0]
-            if train is not None
+            if train is not None and "log_likelihood" in vae.metrics
             else None
         )
-    return {**{column: m[key] for column, key in columns.items()}, "train_iwae": train_iwae}
+    return {**{column: m.get(key) for column, key in columns.items()}, "train_iwae": train_iwae}
 
 
 def checkpoint_state(
     config: TrainConfig,
     data: ImageData,
-    vae: VAE,
+    vae: LatentModel,
     trainer: Trainer,
     epoch: int,
     data_rng: torch.Generator,
@@ -345,15 +350,21 @@ def load_vae(
     device: str = "cpu",
     prior: nn.Module | None = None,
     state: dict | None = None,
-) -> tuple[VAE, TrainConfig]:
-    """Rebuild the trained VAE of a run folder from its checkpoint.
+) -> tuple[LatentModel, TrainConfig]:
+    """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
     ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
     checkpoint's contents if already loaded (saves reading it twice).
     """
     state = Run(run_dir).load_checkpoint() if state is None else state
-    config = TrainConfig.from_dict(state["config"])
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError):
+        raise UserError(f"the configuration in {run_dir}'s checkpoint is unreadable") from None
+    if config.model not in MODELS:
+        known = ", ".join(MODELS)
+        raise UserError(f"{run_dir} holds a model {config.model!r} this version lacks ({known})")
     if config.prior == "custom" and prior is None:
         raise UserError(f"{run_dir} was trained with a custom prior; pass load_vae(..., prior=...)")
     vae = _build(config, state["data_dim"], prior)
@@ -378,6 +389,8 @@ def summary_table(run: Run) -> str:
         ("test ELBO", f"{last['test_elbo']:.2f} nats/datum"),
         ("  recon", f"{last['test_recon']:.2f}"),
         ("  KL", f"{last['test_kl']:.2f}"),
-        ("figures", str(run.figures_dir)),
     ]
+    if not math.isfinite(last["test_elbo"]):  # a model without an ELBO (the autoencoder)
+        lines[-3:] = [("test recon", f"{last['test_recon']:.2f} nats/datum (log p(x | f(x)))")]
+    lines.append(("figures", str(run.figures_dir)))
     return "\n".join(f"{k:<12} {v}" for k, v in lines)

@@ -9,8 +9,9 @@ divide by the batch size to report nats per data point.
 - ``iwae``: the importance-weighted bound of Burda et al. (2016),
   L_K = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)], per data point. This is what
   ``RenyiELBO(alpha=0)`` computes when all latents are local (tested against it), written on
-  :func:`pyro_vae.traces.log_densities` because RenyiELBO only offers ``loss_and_grads``, which
-  calls ``backward`` itself and so cannot restrict gradients to one parameter group.
+  :func:`pyro_vae.infer.traces.log_densities` because RenyiELBO only offers
+  ``loss_and_grads``, which calls ``backward`` itself and so cannot restrict gradients to one
+  parameter group.
 """
 
 import math
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.traces import log_densities
+from pyro_vae.infer.traces import log_densities
 
 __all__ = ["OBJECTIVES", "make_objective", "iwae_loss"]
 

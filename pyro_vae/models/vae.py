@@ -3,6 +3,9 @@
 Generative model (theta):   z ~ p(z),   x | z ~ p_theta(x | z) = likelihood(decoder(z))
 Guide, amortized (phi):     z | x ~ q_phi(z | x) = N(mu_phi(x), diag sigma_phi(x)^2)
 
+With a corruption (``--corrupt``, the denoising VAE of Im et al. 2017) the guide encodes a
+corrupted copy of x in training mode, while the likelihood scores the clean x.
+
 Both programs name the latent site ``"z"`` inside ``pyro.plate("data")``, so any of Pyro's ELBOs
 pairs them. ``kl_weight`` (beta, or the KL warm-up schedule) scales the latent site in both
 programs with ``poutine.scale``: Trace_ELBO then weighs log p(z) - log q(z|x) by beta, and
@@ -10,6 +13,7 @@ TraceMeanField_ELBO weighs its analytic KL by the guide site's scale, so
 loss = -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)) for every objective.
 """
 
+import warnings
 from collections.abc import Iterator
 
 import pyro
@@ -19,25 +23,31 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import check_data, make_likelihood
-from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_networks
-from pyro_vae.priors import make_prior
+from pyro_vae.models.base import LATENT_FIGURES, STANDARD_METRICS, LatentModel
+from pyro_vae.models.corruption import Corruption
+from pyro_vae.models.likelihoods import make_likelihood
+from pyro_vae.models.networks import build_networks, check_networks
+from pyro_vae.models.priors import has_closed_form_kl, make_prior
 
 __all__ = ["VAE", "build_vae"]
 
 
-class VAE(nn.Module):
-    """A variational autoencoder built from four parts.
+class VAE(LatentModel):
+    """A variational autoencoder built from four parts (and optionally a corruption).
 
     Args:
         encoder: x (batch, D) -> (loc, scale) of q(z|x), each (batch, z_dim).
         decoder: z (..., z_dim) -> likelihood parameters (..., P * D), P the likelihood's
             ``params_per_dim`` (default 1).
-        prior: module whose ``forward()`` returns p(z), event dim 1 (see :mod:`pyro_vae.priors`).
+        prior: module whose ``forward()`` returns p(z), event dim 1 (see
+            :mod:`pyro_vae.models.priors`).
         likelihood: module mapping decoder output to p(x|z), event dim 1
-            (see :mod:`pyro_vae.likelihoods`).
+            (see :mod:`pyro_vae.models.likelihoods`).
         data_dim: D; when given, the networks are run once on a dummy batch and wrong output
             shapes raise a :class:`~pyro_vae.errors.UserError` naming the expected shapes.
+        corruption: a :class:`~pyro_vae.models.corruption.Corruption`: in training mode the
+            guide encodes a corrupted copy of x while the likelihood scores x (the denoising VAE
+            of Im et al. 2017).
 
     The parameters split into the guide side (phi: the encoder) and the model side (theta:
     decoder, prior, likelihood); trainers optimise them as separate parameter groups. A prior
@@ -51,6 +61,7 @@ class VAE(nn.Module):
         prior: nn.Module,
         likelihood: nn.Module,
         data_dim: int | None = None,
+        corruption: Corruption | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -58,8 +69,43 @@ class VAE(nn.Module):
         self.prior = prior
         self.likelihood = likelihood
         self.data_dim = data_dim
+        self.corruption = corruption
+        self.figures = LATENT_FIGURES + (("denoising",) if corruption is not None else ())
+        self.metrics = STANDARD_METRICS + (("denoising",) if corruption is not None else ())
+        self.not_applicable = {}
         if data_dim is not None:
             self.check_shapes(data_dim)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Sparsity targets are the sparse autoencoder's (``--model ae``)."""
+        if config.sparsity is not None:
+            raise UserError("--sparsity applies to --model ae (the sparse autoencoder)")
+
+    @classmethod
+    def from_config(
+        cls, config, data_dim: int, image_shape: tuple[int, int], prior: nn.Module | None = None
+    ) -> "VAE":
+        """:func:`build_vae` from a run's settings (``prior``: a module of the user's own);
+        warns when ``--elbo meanfield`` has no closed-form KL to use with the prior."""
+        vae = build_vae(
+            data_dim,
+            config.z_dim,
+            config.hidden_dims,
+            config.likelihood,
+            prior=config.prior if prior is None else prior,
+            arch=config.arch,
+            gaussian_scale=config.gaussian_scale,
+            image_shape=image_shape,
+            corrupt=config.corrupt,
+        )
+        if config.elbo == "meanfield" and not has_closed_form_kl(vae.prior, config.z_dim):
+            warnings.warn(
+                f"--elbo meanfield: prior {config.prior!r} has no closed-form KL to the guide; "
+                "Pyro uses the Monte Carlo estimate (as --elbo trace does)",
+                stacklevel=3,
+            )
+        return vae
 
     def check_shapes(self, data_dim: int) -> None:
         """Check encoder, prior and decoder against each other on a dummy batch (once)."""
@@ -75,30 +121,6 @@ class VAE(nn.Module):
                 "encoder must hold it by reference, not as a submodule (see VampPrior)"
             )
 
-    def check_data(self, x: torch.Tensor) -> None:
-        """Reject a data tensor this VAE cannot model with a one-line :class:`UserError`.
-
-        Checks type, dtype, shape (N, D), finiteness and the likelihood's support. Trainers and
-        evaluation call it once per pass over a tensor, never per minibatch step.
-        """
-        if not isinstance(x, torch.Tensor):
-            raise UserError(f"data must be a torch.Tensor, not {type(x).__name__}")
-        if not x.is_floating_point():
-            raise UserError(
-                f"data must be floating point, got {x.dtype}: "
-                "use x.float() with images scaled to [0, 1]"
-            )
-        expected = f"(N, {self.data_dim})" if self.data_dim else "(N, D)"
-        wrong_width = self.data_dim is not None and x.dim() == 2 and x.shape[1] != self.data_dim
-        if x.dim() != 2 or x.shape[0] == 0 or wrong_width:
-            raise UserError(
-                f"data must have shape {expected} with N > 0, got {tuple(x.shape)}: "
-                "flatten images with x.reshape(len(x), -1)"
-            )
-        if not torch.isfinite(x).all():
-            raise UserError("data contains NaN or infinite values")
-        check_data(self.likelihood, x)
-
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """p(z) p_theta(x|z) for a minibatch x of shape (batch, D)."""
@@ -112,8 +134,11 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
-        """q_phi(z|x): the encoder's diagonal Gaussian, reparameterized (z = mu + sigma * eps)."""
+        """q_phi(z|x): the encoder's diagonal Gaussian, reparameterized (z = mu + sigma * eps);
+        of a corrupted copy of x in training mode when the VAE has a corruption."""
         pyro.module("encoder", self.encoder)
+        if self.corruption is not None and self.training:
+            x = self.corruption(x)
         loc, scale = self.encoder(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             with poutine.scale(scale=kl_weight):
@@ -136,15 +161,9 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """The distribution p(x|z)."""
-        return self.likelihood(self.decoder(z))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x | z = E_q[z|x]): what the autoencoder makes of x."""
-        loc, _ = self.encoder(x)
-        return self.likelihood.mean(self.decoder(loc))
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior means E_q[z|x], shape (N, z_dim)."""
+        return self.encoder(x)[0]
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:
@@ -162,28 +181,21 @@ def build_vae(
     arch: str = "mlp",
     gaussian_scale: str = "pixel",
     image_shape: tuple[int, int] = (28, 28),
+    corrupt: str | None = None,
 ) -> VAE:
     """A VAE from command-line names: by default MLP encoder and decoder, N(0, I) prior.
 
     ``prior`` is a ``--prior`` spec (``normal``, ``mog:K``, ``vamp:K``, ``flow:L``) or a prior
     module of the user's own; ``arch`` is ``mlp`` (mirrored ``hidden_dims``) or ``conv``
-    (``image_shape`` images; ``hidden_dims`` unused).
+    (``image_shape`` images; ``hidden_dims`` unused); ``corrupt`` a ``--corrupt`` spec for the
+    denoising VAE.
     """
     lik = make_likelihood(likelihood, data_dim, gaussian_scale)
-    out_dim = lik.params_per_dim * data_dim
-    if arch == "mlp":
-        encoder = MLPEncoder(data_dim, hidden_dims, z_dim)
-        decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), out_dim)
-    elif arch == "conv":
-        if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:
-            raise UserError("--arch conv needs h x w images with h, w divisible by 4, D = h * w")
-        encoder = ConvEncoder(image_shape, z_dim)
-        decoder = ConvDecoder(z_dim, image_shape, out_channels=lik.params_per_dim)
-    else:
-        raise UserError(f"unknown arch {arch!r}; choose from mlp, conv")
+    encoder, decoder = build_networks(arch, data_dim, z_dim, hidden_dims, lik, image_shape)
     if isinstance(prior, str):
         prior = make_prior(prior, z_dim, encoder, data_dim)
     elif tuple(prior().event_shape) != (z_dim,):
         shape = tuple(prior().event_shape)
         raise UserError(f"the prior's event shape is {shape} but --z-dim is {z_dim}")
-    return VAE(encoder, decoder, prior, lik, data_dim=data_dim)
+    corruption = Corruption(corrupt) if corrupt else None
+    return VAE(encoder, decoder, prior, lik, data_dim=data_dim, corruption=corruption)

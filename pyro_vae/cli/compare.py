@@ -1,16 +1,19 @@
-"""SVI, variational EM and Monte Carlo EM on one problem: same data, seed, architecture, prior,
-likelihood and number of epochs (so the same number of decoder updates), each in its own run
-folder.
+"""Models and algorithms on one problem: same data, seed, architecture, likelihood and number of
+epochs (so the same number of decoder updates), each in its own run folder. ``--algo svi em
+mcem`` compares SVI, variational EM and Monte Carlo EM; ``--model ae vae`` compares models
+(every model with every algorithm given).
 
     out/
-      svi/ em-converge/ mcem/ ...   one ordinary run folder per algorithm (and E-step rule)
+      svi/ em-converge/ mcem/ ...   one ordinary run folder per algorithm (and E-step rule),
+      ae-svi/ ...                   prefixed by the model's name for models other than the VAE
       comparison.png                test ELBO (top) and estimated log p(x) on train and test
                                     images (bottom) against wall-clock seconds and against
                                     epochs / training examples seen
       comparison.md, comparison.csv the final numbers, one row per run
 
-The final evaluations of the table are the functions in :data:`EVALUATIONS` (name -> function
-of the trained VAE and the test data); add estimators there (e.g. active units) to get columns.
+The final evaluations of the table are the functions in :data:`EVALUATIONS` (column -> the
+metric it needs and a function of the trained model and the test data); a column whose metric
+does not apply to a model (``model.metrics``) is left blank (n/a) for it.
 """
 
 import argparse
@@ -28,14 +31,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.config import TrainConfig  # noqa: E402
-from pyro_vae.data import load_data  # noqa: E402
+from pyro_vae.data.images import load_data  # noqa: E402
 from pyro_vae.errors import UserError  # noqa: E402
-from pyro_vae.fit import fit, load_vae  # noqa: E402
-from pyro_vae.metrics import active_units, log_likelihood  # noqa: E402
-from pyro_vae.mutual_info import mutual_information  # noqa: E402
-from pyro_vae.run import Run  # noqa: E402
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.evaluation.metrics import (  # noqa: E402
+    active_units,
+    log_likelihood,
+    reconstruction_metrics,
+)
+from pyro_vae.evaluation.mutual_info import mutual_information  # noqa: E402
+from pyro_vae.models import LatentModel  # noqa: E402
+from pyro_vae.runs.config import TrainConfig  # noqa: E402
+from pyro_vae.runs.fit import fit, load_vae  # noqa: E402
+from pyro_vae.runs.folder import Run  # noqa: E402
 
 __all__ = [
     "EVALUATIONS",
@@ -50,16 +57,21 @@ __all__ = [
 IWAE_SAMPLES = 50
 
 
-def mean_log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = IWAE_SAMPLES) -> float:
+def mean_log_likelihood(
+    vae: LatentModel, x: torch.Tensor, num_samples: int = IWAE_SAMPLES
+) -> float:
     """Mean importance-weighted estimate L_K of log p(x) per data point (Burda et al. 2016)."""
     return log_likelihood(vae, x, num_samples=num_samples).mean().item()
 
 
-# Final evaluations of each trained model on the test set; each becomes a table column.
-EVALUATIONS: dict[str, Callable[[VAE, torch.Tensor], float]] = {
-    f"test_iwae_{IWAE_SAMPLES}": mean_log_likelihood,
-    "active_units": active_units,
-    "mutual_info": mutual_information,
+# Final evaluations of each trained model on the test set; each becomes a table column:
+# column -> (the metric it needs in model.metrics, function of the model and the test data).
+EVALUATIONS: dict[str, tuple[str, Callable[[LatentModel, torch.Tensor], float]]] = {
+    f"test_iwae_{IWAE_SAMPLES}": ("log_likelihood", mean_log_likelihood),
+    "recon_at_code": ("reconstruction", lambda m, x: reconstruction_metrics(m, x)["recon_at_code"]),
+    "sq_error": ("reconstruction", lambda m, x: reconstruction_metrics(m, x)["sq_error"]),
+    "active_units": ("active_units", active_units),
+    "mutual_info": ("mutual_info", mutual_information),
 }
 
 
@@ -76,31 +88,44 @@ class Comparison:
 
 
 def run_name(config: TrainConfig) -> str:
-    """``svi``, ``mcem``, or ``em-<rule>`` for variational EM."""
-    return f"em-{config.e_rule}" if config.algo == "em" else config.algo
+    """``svi``, ``mcem``, or ``em-<rule>`` for variational EM; prefixed by ``<model>-`` for
+    models other than the VAE (``ae-svi``)."""
+    name = f"em-{config.e_rule}" if config.algo == "em" else config.algo
+    return name if config.model == "vae" else f"{config.model}-{name}"
 
 
 def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:
-    """One :class:`TrainConfig` per algorithm (and per E-step rule for EM) from compare's flags."""
+    """One :class:`TrainConfig` per model, algorithm (and E-step rule for EM) from compare's
+    flags."""
     fields = {
         k: v
         for k, v in vars(args).items()
-        if k in TrainConfig.__dataclass_fields__ and k not in ("algo", "e_rule", "out")
+        if k in TrainConfig.__dataclass_fields__ and k not in ("algo", "e_rule", "out", "model")
     }
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
     configs = []
     algos = [name for names in args.algo for name in names]  # --algo svi,em mcem: lists
-    for algo in dict.fromkeys(algos):
-        rules = dict.fromkeys(args.e_rule) if algo == "em" else [TrainConfig().e_rule]
-        configs += [TrainConfig(algo=algo, e_rule=rule, **fields) for rule in rules]
+    models = [name for names in args.model for name in names]
+    for model in dict.fromkeys(models):
+        for algo in dict.fromkeys(algos):
+            rules = dict.fromkeys(args.e_rule) if algo == "em" else [TrainConfig().e_rule]
+            configs += [
+                TrainConfig(model=model, algo=algo, e_rule=rule, **fields) for rule in rules
+            ]
     return configs
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _markdown(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [_cell(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -124,11 +149,15 @@ def plot_comparison(
         color = f"C{i}"
         seconds = _cumulative_seconds(metrics)
         seen = [m["epoch"] * (num_train or 1) for m in metrics]
+        # a model without an ELBO (the autoencoder) shows its reconstruction term, dashed
+        has_elbo = any(math.isfinite(m["test_elbo"]) for m in metrics)
+        column, style = ("test_elbo", "o-") if has_elbo else ("test_recon", "o--")
+        label = name if has_elbo else f"{name} (log p(x|f(x)))"
         for ax, xs in zip(axes[0], (seconds, [m["epoch"] for m in metrics]), strict=True):
-            points = [(x, m["test_elbo"]) for x, m in zip(xs, metrics, strict=True)]
+            points = [(x, m[column]) for x, m in zip(xs, metrics, strict=True)]
             points = [(x, y) for x, y in points if math.isfinite(y)]
             if points:
-                ax.plot(*zip(*points, strict=True), "o-", color=color, label=name)
+                ax.plot(*zip(*points, strict=True), style, color=color, label=label)
         for column, style in (("train_iwae", "o-"), ("test_iwae", "s--")):
             for ax, xs in zip(axes[1], (seconds, seen), strict=True):
                 points = [(x, m.get(column, math.nan)) for x, m in zip(xs, metrics, strict=True)]
@@ -136,7 +165,7 @@ def plot_comparison(
                 if points:
                     label = f"{name} {column.split('_')[0]}"
                     ax.plot(*zip(*points, strict=True), style, color=color, label=label)
-    axes[0, 0].set_ylabel("test ELBO (nats per data point)")
+    axes[0, 0].set_ylabel("test ELBO (nats per data point)\n(dashed: log p(x|f(x)), no ELBO)")
     axes[1, 0].set_ylabel("estimated log p(x) (IWAE bound)")
     for ax in axes[:, 0]:
         ax.set_xlabel("training seconds (wall clock)")
@@ -159,8 +188,8 @@ def _final_row(name: str, run: Run, test: torch.Tensor) -> dict:
     row.update({k: last.get(k, math.nan) for k in ("train_iwae", "test_iwae")})
     vae, _ = load_vae(str(run.path))
     torch.manual_seed(0)  # the same Monte Carlo draws for every model
-    for column, evaluate in EVALUATIONS.items():
-        row[column] = evaluate(vae, test)
+    for column, (metric, evaluate) in EVALUATIONS.items():
+        row[column] = evaluate(vae, test) if metric in vae.metrics else None
     row["encoder_updates"] = int(last["encoder_updates"])
     row["decoder_updates"] = int(last["decoder_updates"])
     row["seconds"] = sum(m["seconds"] for m in metrics)
@@ -174,8 +203,12 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
     for config in configs:
         config.validate()
     base = configs[0]
-    if any(dataclasses.replace(c, algo=base.algo, e_rule=base.e_rule) != base for c in configs):
-        raise ValueError("compared configs may differ only in algo and e_rule")
+    same = (
+        dataclasses.replace(c, model=base.model, algo=base.algo, e_rule=base.e_rule)
+        for c in configs
+    )
+    if any(c != base for c in same):
+        raise ValueError("compared configs may differ only in model, algo and e_rule")
     root = Path(out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare")
     root.mkdir(parents=True, exist_ok=True)
     runs = {}
@@ -204,6 +237,6 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         writer.writeheader()
         writer.writerows(rows)
     paths[2].write_text(markdown + "\n")
-    if any(not math.isfinite(r["test_elbo"]) for r in rows):
-        raise UserError(f"a compared run did not produce a finite test ELBO; see {root}")
+    if any(not math.isfinite(r["test_recon"]) for r in rows):
+        raise UserError(f"a compared run did not produce a finite test result; see {root}")
     return Comparison(runs, rows, markdown, *paths)

@@ -37,10 +37,9 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed
-from pyro_vae.mutual_info import mutual_information
-from pyro_vae.objectives import Objective
-from pyro_vae.svi import KLWarmup, adam, epoch_loop, gradient_step
-from pyro_vae.vae import VAE
+from pyro_vae.infer.objectives import Objective
+from pyro_vae.infer.svi import KLWarmup, adam, epoch_loop, gradient_step
+from pyro_vae.models.base import LatentModel
 
 __all__ = ["E_RULES", "EMTrainer", "run_inner_loop", "random_minibatch"]
 
@@ -89,7 +88,8 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam | None:
 
 
 class EMTrainer:
-    """Trains a :class:`~pyro_vae.vae.VAE` by variational EM; the interface of ``SVITrainer``.
+    """Trains a model (:class:`~pyro_vae.models.base.LatentModel`) by variational EM; the
+    interface of ``SVITrainer``.
 
     Args:
         vae: the model and guide; ``guide_parameters()`` are phi, ``model_parameters()`` theta
@@ -103,13 +103,16 @@ class EMTrainer:
         e_lr: Adam learning rate of the E-step (phi).
         m_lr: Adam learning rate of the M-step (theta).
         kl_weight: outer step (M-step count) -> KL weight, as for SVI.
-        mi_data: validation data for the ``aggressive`` rule's mutual information.
+        mutual_info: the ``aggressive`` rule's progress measure, called after every epoch:
+            the mutual information I_q(x; z) on validation data (:func:`pyro_vae.fit` passes
+            :func:`~pyro_vae.evaluation.mutual_info.mutual_information` on ``--val-size``
+            images). Passed in, so that the trainer does not depend on the evaluation layer.
         clip_norm: if given, each step's gradient norm (of the group it updates) is clipped.
     """
 
     def __init__(
         self,
-        vae: VAE,
+        vae: LatentModel,
         objective: Objective,
         e_rule: str = "converge",
         e_steps: int = 1,
@@ -119,21 +122,21 @@ class EMTrainer:
         e_lr: float = 1e-3,
         m_lr: float = 1e-3,
         kl_weight: Callable[[int], float] | None = None,
-        mi_data: torch.Tensor | None = None,
+        mutual_info: Callable[[], float] | None = None,
         clip_norm: float | None = None,
     ) -> None:
         if e_rule not in E_RULES:
             raise ValueError(f"unknown E-step rule {e_rule!r}; choose from {', '.join(E_RULES)}")
         if min(e_steps, e_check, e_max, patience) <= 0:
             raise ValueError("e_steps, e_check, e_max and patience must be positive")
-        if e_rule == "aggressive" and mi_data is None:
-            raise ValueError("the aggressive rule needs validation data (mi_data)")
+        if e_rule == "aggressive" and mutual_info is None:
+            raise ValueError("the aggressive rule needs a validation measure (mutual_info)")
         self.vae = vae
         self.objective = objective
         self.e_rule = e_rule
         self.e_steps, self.e_check, self.e_max, self.patience = e_steps, e_check, e_max, patience
         self.kl_weight = kl_weight or KLWarmup()
-        self.mi_data = mi_data
+        self.mutual_info = mutual_info
         self.clip_norm = clip_norm
         self.guide_params = list(vae.guide_parameters())
         self.model_params = list(vae.model_parameters())
@@ -229,7 +232,7 @@ class EMTrainer:
             status=lambda: {"inner": self.inner_steps},
         )
         if self.e_rule == "aggressive" and self.em_active:
-            mi = mutual_information(self.vae, self.mi_data)
+            mi = self.mutual_info()
             self.update_aggressive(distributed.from_main(mi))  # every rank decides alike
         return loss
 

@@ -11,8 +11,8 @@ z)], the expected complete-data log-likelihood of classical EM (Wei and Tanner 1
 trained. Kingma and Welling (2014, Section 5 and Fig. 3) compared it with AEVB (our SVI): per
 data point it is accurate, but the MCMC E-step is too slow for large data sets.
 
-The encoder the VAE holds is unused; for evaluation, :class:`~pyro_vae.posterior_sampling
-.PosteriorEncoder` replaces it (see :func:`pyro_vae.fit.load_vae`).
+The encoder the VAE holds is unused; for evaluation, :class:`~pyro_vae.infer.posterior_sampling
+.PosteriorEncoder` replaces it (see :func:`pyro_vae.runs.fit.load_vae`).
 """
 
 from collections.abc import Callable
@@ -21,9 +21,9 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyro_vae.posterior_sampling import ChainSettings, sample_posterior
-from pyro_vae.svi import KLWarmup, adam, epoch_loop, gradient_step
-from pyro_vae.vae import VAE
+from pyro_vae.infer.posterior_sampling import ChainSettings, sample_posterior
+from pyro_vae.infer.svi import KLWarmup, adam, epoch_loop, gradient_step
+from pyro_vae.models.vae import VAE
 
 __all__ = ["MCEMTrainer", "complete_data_log_likelihood"]
 
@@ -50,7 +50,7 @@ class MCEMTrainer:
         lr: Adam learning rate of the M-step.
         clip_norm: if given, the M-step gradient's total norm is clipped to it.
 
-    The interface is that of :class:`~pyro_vae.svi.SVITrainer` (``train_epoch``,
+    The interface is that of :class:`~pyro_vae.infer.svi.SVITrainer` (``train_epoch``,
     ``state_dict``, ``step_count``), plus the chains' last states in the checkpoint so a resumed
     run continues them.
     """

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.data import BINARIZATIONS, DATASETS
-from pyro_vae.em import E_RULES
+from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import LIKELIHOODS, parse_gaussian_scale
-from pyro_vae.networks import ARCHS
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.posterior_sampling import KERNELS
-from pyro_vae.priors import parse_prior_spec
+from pyro_vae.infer.em import E_RULES
+from pyro_vae.infer.objectives import OBJECTIVES
+from pyro_vae.infer.posterior_sampling import KERNELS
+from pyro_vae.models import MODELS
+from pyro_vae.models.corruption import parse_corruption
+from pyro_vae.models.likelihoods import LIKELIHOODS, parse_gaussian_scale
+from pyro_vae.models.networks import ARCHS
+from pyro_vae.models.priors import parse_prior_spec
 
 __all__ = ["TrainConfig", "ALGOS"]
 
@@ -39,12 +41,16 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     # model
+    model: str = "vae"  # a name in pyro_vae.models.MODELS: vae | ae
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
     likelihood: str = "bernoulli"
     prior: str = "normal"  # normal | mog:K | vamp:K | flow:L | custom (a module given to fit)
     arch: str = "mlp"  # mlp | conv
     gaussian_scale: str = "pixel"  # fixed:S | global | pixel | decoder
+    sparsity: float | None = None  # sparse autoencoder: target mean activation rho in (0, 1)
+    sparsity_weight: float = 1.0  # its penalty's weight beta
+    corrupt: str | None = None  # denoising: gaussian:SIGMA | salt-pepper:P | mask:P
     # objective and optimisation
     elbo: str = "trace"
     num_particles: int = 1
@@ -56,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
-    # variational EM (--algo em; see pyro_vae/em.py)
+    # variational EM (--algo em; see pyro_vae/infer/em.py)
     e_rule: str = "converge"
     e_steps: int = 5
     e_check: int = 10
@@ -64,7 +70,7 @@ class TrainConfig:
     patience: int = 1
     e_lr: float | None = None
     m_lr: float | None = None
-    # Monte Carlo EM (--algo mcem; see pyro_vae/mcem.py): the E-step's MCMC chains, and the
+    # Monte Carlo EM (--algo mcem; see pyro_vae/infer/mcem.py): the E-step's MCMC chains, and the
     # chains that fit the Gaussian proposal used to evaluate a model trained without a guide
     mc_kernel: str = "hmc"
     mc_warmup: int = 10
@@ -73,7 +79,7 @@ class TrainConfig:
     mc_target_accept: float = 0.8
     mc_eval_warmup: int = 100
     mc_eval_samples: int = 50
-    # held-out metrics during training (pyro_vae.metrics): every eval_every epochs and at the
+    # held-out metrics during training (pyro_vae.evaluation.metrics): every eval_every epochs and at the
     # last epoch, on the first eval_limit test images with eval_iw_samples importance samples
     eval_every: int = 5
     eval_iw_samples: int = 100
@@ -83,7 +89,7 @@ class TrainConfig:
     overwrite: bool = False
     quiet: bool = False
     checkpoint_every: int = 1
-    resume: str | None = None  # a run folder to continue (see pyro_vae/resume.py)
+    resume: str | None = None  # a run folder to continue (see pyro_vae/runs/resume.py)
 
     def validate(self) -> "TrainConfig":
         """Reject inconsistent settings with a :class:`UserError`; returns self."""
@@ -97,6 +103,7 @@ class TrainConfig:
             "mc_kernel": KERNELS,
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
+            "model": tuple(MODELS),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -135,6 +142,15 @@ class TrainConfig:
             raise UserError("--hidden-dims needs one or more positive layer widths")
         parse_prior_spec(self.prior)
         parse_gaussian_scale(self.gaussian_scale)
+        if self.corrupt is not None:
+            parse_corruption(self.corrupt)
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise UserError(f"--sparsity must lie in (0, 1), got {self.sparsity}")
+        if not self.sparsity_weight > 0:
+            raise UserError("--sparsity-weight must be positive")
+        if self.sparsity is None and self.sparsity_weight != TrainConfig.sparsity_weight:
+            raise UserError("--sparsity-weight weighs the penalty of --sparsity RHO; give both")
+        MODELS[self.model].check_config(self)
         if self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "

@@ -1,0 +1,1 @@
+"""Data: image sets as resident tensors (:mod:`~pyro_vae.data.images`)."""

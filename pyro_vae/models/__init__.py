@@ -1,0 +1,20 @@
+"""Models: Pyro model/guide pairs and the parts they are built from.
+
+- :mod:`~pyro_vae.models.base`: the one interface every model implements (:class:`LatentModel`)
+- :mod:`~pyro_vae.models.vae`: the variational autoencoder (``--model vae``)
+- :mod:`~pyro_vae.models.autoencoders`: the autoencoder, sparse and denoising (``--model ae``)
+- :mod:`~pyro_vae.models.priors`, :mod:`~pyro_vae.models.likelihoods`,
+  :mod:`~pyro_vae.models.networks`, :mod:`~pyro_vae.models.corruption`: the parts
+
+:data:`MODELS` maps each ``--model`` name to its class; the run system builds a model with
+``MODELS[name].from_config(...)`` and asks it what applies, so adding a model is one file here
+and one line below.
+"""
+
+from pyro_vae.models.autoencoders import Autoencoder
+from pyro_vae.models.base import LatentModel
+from pyro_vae.models.vae import VAE
+
+__all__ = ["MODELS", "LatentModel"]
+
+MODELS: dict[str, type[LatentModel]] = {"vae": VAE, "ae": Autoencoder}
