@@ -173,8 +173,9 @@ def plot_comparison(
     axes[1, 1].set_xlabel("training examples seen" if num_train else "epoch")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    axes[0, 1].legend()
-    axes[1, 1].legend(fontsize="small")
+    for ax, size in ((axes[0, 1], None), (axes[1, 1], "small")):
+        if ax.get_legend_handles_labels()[0]:  # nothing to label without held-out bounds
+            ax.legend(fontsize=size)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

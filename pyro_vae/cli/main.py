@@ -66,7 +66,7 @@ non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
 open_unit_float = _number(float, lambda v: 0 < v < 1, " number in (0, 1)")
 
 
-def _spec(parse: Callable[[str], object]):
+def spec_type(parse: Callable[[str], object]):
     """An argparse type that validates a spec string with ``parse`` and keeps the string."""
 
     def check(text: str) -> str:
@@ -123,13 +123,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
     model.add_argument(
         "--gaussian-scale",
-        type=_spec(parse_gaussian_scale),
+        type=spec_type(parse_gaussian_scale),
         default=d.gaussian_scale,
         metavar="MODE",
         help=f"scale of the gaussian likelihood: {GAUSSIAN_SCALE_HELP}",
     )
     model.add_argument(
-        "--prior", type=_spec(parse_prior_spec), default=d.prior, metavar="SPEC", help=PRIOR_HELP
+        "--prior",
+        type=spec_type(parse_prior_spec),
+        default=d.prior,
+        metavar="SPEC",
+        help=PRIOR_HELP,
     )
     model.add_argument("--arch", choices=ARCHS, default=d.arch, help="encoder/decoder networks")
     model.add_argument(
@@ -148,7 +152,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--corrupt",
-        type=_spec(parse_corruption),
+        type=spec_type(parse_corruption),
         default=None,
         metavar="SPEC",
         help=f"denoising: corrupt what the encoder sees in training: {CORRUPT_HELP}",
@@ -405,7 +409,7 @@ def add_posthoc_commands(commands) -> None:
     )
     evaluate.add_argument(
         "--corrupt",
-        type=_spec(parse_corruption),
+        type=spec_type(parse_corruption),
         default=None,
         metavar="SPEC",
         help=f"also reconstruct from corrupted test images: {CORRUPT_HELP}",
