@@ -94,8 +94,9 @@ def test_without_torchrun_every_helper_is_the_identity(monkeypatch):
         ["--algo", "svi"],
         ["--algo", "em", "--e-rule", "converge", "--e-check", "2"],
         ["--algo", "em", "--e-rule", "aggressive", "--e-check", "2", "--val-size", "100"],
+        ["--model", "ae", "--corrupt", "mask:0.3", "--sparsity", "0.1"],
     ],
-    ids=["svi", "em-converge", "em-aggressive"],
+    ids=["svi", "em-converge", "em-aggressive", "sparse-denoising-ae"],
 )
 def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
     fake_data_dir, tmp_path, algo

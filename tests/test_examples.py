@@ -77,3 +77,20 @@ def test_real_mnist_subset_learns(real_data_dir, tmp_path):
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["test_elbo"]) > -200
     assert float(rows[-1]["test_elbo"]) > float(rows[0]["test_elbo"])
+
+
+@pytest.mark.slow
+def test_autoencoder_family_example_trains_every_model_and_writes_its_figures(
+    fake_data_dir, tmp_path
+):
+    out = tmp_path / "family"
+    args = ["--epochs", "1", "--limit-train", "200", "--iw-samples", "5", "--out", str(out)]
+    proc = run_example("autoencoder_family.py", *args, "--quiet", env_data_dir=fake_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "family.md").read_text()
+    for name in ("ae", "sparse-high", "sparse-low", "denoising-ae", "vae", "denoising-vae"):
+        assert f"| {name} |" in table and (out / name / "checkpoint.pt").is_file()
+    for name in ("random-codes", "sparsity", "denoising"):
+        assert (out / f"family-{name}.png").read_bytes()[:4] == b"\x89PNG"
+    bad = run_example("autoencoder_family.py", "--corrupt", "mask:2")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
