@@ -308,6 +308,7 @@ BAD = [
     (["--model", "ae", "--algo", "mcem"], "--algo mcem does not apply to --model ae"),
     (["--model", "ae", "--algo", "em", "--e-rule", "aggressive", "--val-size", "10"], "mutual"),
     (["--model", "vae", "--sparsity", "0.1"], "--sparsity applies to --model ae"),
+    (["--algo", "mcem", "--corrupt", "mask:0.5"], "--algo mcem trains no guide"),
     (["--model", "gan"], "invalid choice: 'gan'"),
     (["--corrupt", "blur:0.1"], "unknown corruption 'blur'"),
     (["--corrupt", "mask:1.5"], "probability P in [0, 1]"),

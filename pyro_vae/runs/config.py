@@ -79,8 +79,9 @@ class TrainConfig:
     mc_target_accept: float = 0.8
     mc_eval_warmup: int = 100
     mc_eval_samples: int = 50
-    # held-out metrics during training (pyro_vae.evaluation.metrics): every eval_every epochs and at the
-    # last epoch, on the first eval_limit test images with eval_iw_samples importance samples
+    # held-out metrics during training (pyro_vae.evaluation.metrics): every eval_every epochs and
+    # at the last epoch, on the first eval_limit test images with eval_iw_samples importance
+    # samples
     eval_every: int = 5
     eval_iw_samples: int = 100
     eval_limit: int = 1000

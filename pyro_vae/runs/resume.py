@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.runs.config import TrainConfig
 from pyro_vae.errors import UserError
+from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.folder import Run
 
 __all__ = ["resume_config", "restore"]
