@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from pyro_vae import TrainConfig, fit, heldout_metrics, load_data, load_vae  # noqa: E402
 from pyro_vae.cli.main import OneLineParser, positive_int, run_cli, spec_type  # noqa: E402
-from pyro_vae.evaluation.figures import image_grid  # noqa: E402
+from pyro_vae.evaluation.figures import image_grid, random_code_images  # noqa: E402
 from pyro_vae.evaluation.metrics import corrupt_fixed  # noqa: E402
 from pyro_vae.models.corruption import parse_corruption  # noqa: E402
 
@@ -96,11 +96,8 @@ def save_rows(rows: list[tuple[str, torch.Tensor]], path: Path, title: str) -> N
 
 def random_codes(model, test: torch.Tensor, n: int = 12) -> torch.Tensor:
     """Decoded draws from N(mean, covariance) of the model's test codes (seeded)."""
-    codes = model.codes(test).double()
-    cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=codes.dtype)
-    gaussian = torch.distributions.MultivariateNormal(codes.mean(0), covariance_matrix=cov)
     torch.manual_seed(0)
-    return model.decode_mean(gaussian.sample((n,)).float())
+    return random_code_images(model, test, n)
 
 
 def figures(models: dict, test: torch.Tensor, corrupt: str, out: Path) -> list[Path]:

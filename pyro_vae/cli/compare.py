@@ -11,9 +11,9 @@ mcem`` compares SVI, variational EM and Monte Carlo EM; ``--model ae vae`` compa
                                     epochs / training examples seen
       comparison.md, comparison.csv the final numbers, one row per run
 
-The final evaluations of the table are the functions in :data:`EVALUATIONS` (column -> the
-metric it needs and a function of the trained model and the test data); a column whose metric
-does not apply to a model (``model.metrics``) is left blank (n/a) for it.
+The final evaluations of the table are the functions in :data:`EVALUATIONS` (metric -> the
+columns it fills and a function of the trained model and the test data that computes them once);
+the columns of a metric that does not apply to a model (``model.metrics``) are left blank (n/a).
 """
 
 import argparse
@@ -64,14 +64,17 @@ def mean_log_likelihood(
     return log_likelihood(vae, x, num_samples=num_samples).mean().item()
 
 
-# Final evaluations of each trained model on the test set; each becomes a table column:
-# column -> (the metric it needs in model.metrics, function of the model and the test data).
-EVALUATIONS: dict[str, tuple[str, Callable[[LatentModel, torch.Tensor], float]]] = {
-    f"test_iwae_{IWAE_SAMPLES}": ("log_likelihood", mean_log_likelihood),
-    "recon_at_code": ("reconstruction", lambda m, x: reconstruction_metrics(m, x)["recon_at_code"]),
-    "sq_error": ("reconstruction", lambda m, x: reconstruction_metrics(m, x)["sq_error"]),
-    "active_units": ("active_units", active_units),
-    "mutual_info": ("mutual_info", mutual_information),
+# Final evaluations of each trained model on the test set: metric (as models list it in
+# model.metrics) -> (the table columns it fills, function of the model and the test data
+# returning those columns). Columns of a metric that does not apply are left blank (n/a).
+EVALUATIONS: dict[str, tuple[tuple[str, ...], Callable[[LatentModel, torch.Tensor], dict]]] = {
+    "log_likelihood": (
+        (f"test_iwae_{IWAE_SAMPLES}",),
+        lambda m, x: {f"test_iwae_{IWAE_SAMPLES}": mean_log_likelihood(m, x)},
+    ),
+    "reconstruction": (("recon_at_code", "sq_error"), reconstruction_metrics),
+    "active_units": (("active_units",), lambda m, x: {"active_units": active_units(m, x)}),
+    "mutual_info": (("mutual_info",), lambda m, x: {"mutual_info": mutual_information(m, x)}),
 }
 
 
@@ -189,8 +192,8 @@ def _final_row(name: str, run: Run, test: torch.Tensor) -> dict:
     row.update({k: last.get(k, math.nan) for k in ("train_iwae", "test_iwae")})
     vae, _ = load_vae(str(run.path))
     torch.manual_seed(0)  # the same Monte Carlo draws for every model
-    for column, (metric, evaluate) in EVALUATIONS.items():
-        row[column] = evaluate(vae, test) if metric in vae.metrics else None
+    for metric, (columns, evaluate) in EVALUATIONS.items():
+        row.update(evaluate(vae, test) if metric in vae.metrics else dict.fromkeys(columns))
     row["encoder_updates"] = int(last["encoder_updates"])
     row["decoder_updates"] = int(last["decoder_updates"])
     row["seconds"] = sum(m["seconds"] for m in metrics)

@@ -47,6 +47,7 @@ __all__ = [
     "plot_manifold",
     "plot_latent",
     "plot_interpolation",
+    "random_code_images",
     "plot_random_codes",
     "plot_denoising",
     "plot_sparsity",
@@ -239,17 +240,22 @@ def plot_interpolation(
     _save_grid(grid, "interpolation in latent space (test images at both ends)", path)
 
 
-def plot_random_codes(
-    vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 8
-) -> None:
-    """An n x n grid of p(x|z) means for z ~ N(mean, covariance of the test codes)."""
+def random_code_images(vae: LatentModel, test: torch.Tensor, n: int) -> torch.Tensor:
+    """Means of p(x|z) for n codes z ~ N(mean, covariance of the model's codes of ``test``)."""
     codes = _posterior_means(vae, test).cpu().double()
     centre = codes.mean(0)
     cov = torch.cov(codes.T).reshape(len(centre), len(centre))
     cov += 1e-6 * cov.diagonal().mean().clamp(min=1e-6) * torch.eye(len(centre), dtype=cov.dtype)
     gaussian = torch.distributions.MultivariateNormal(centre, covariance_matrix=cov)
-    z = gaussian.sample((n * n,)).float()
-    images = vae.decode_mean(z.to(_device(vae))).cpu()
+    z = gaussian.sample((n,)).float()
+    return vae.decode_mean(z.to(_device(vae))).cpu()
+
+
+def plot_random_codes(
+    vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 8
+) -> None:
+    """An n x n grid of :func:`random_code_images`."""
+    images = random_code_images(vae, test, n * n)
     title = "random codes: z ~ N(mean, covariance of the test codes), decoded"
     _save_grid(image_grid(images, rows=n, image_shape=image_shape), title, path)
 
