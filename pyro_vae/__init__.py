@@ -1,18 +1,20 @@
 """pyro-vae: variational autoencoders written as Pyro programs.
 
-The model p(z) p_theta(x|z) and the guide q_phi(z|x) are Pyro programs (:class:`VAE`, and the
-autoencoder family, :class:`Autoencoder`, all implementing :class:`LatentModel`), trained by SVI
+The model p(z) p_theta(x|z) and the guide q_phi(z|x) are Pyro programs (:class:`VAE`, the
+autoencoder family, :class:`Autoencoder`, and the VQ-VAE, :class:`VQVAE`, all implementing
+:class:`LatentModel`), trained by SVI
 on Pyro's ELBOs (:class:`SVITrainer`, :func:`make_objective`) or variational EM
 (:class:`EMTrainer`) and evaluated per data point (:func:`evaluate_elbo`). :func:`fit` runs a
 whole training job into a run folder.
 
 The package is layered; each subpackage imports only those below it:
 
-    cli/         the pyro-vae command: train, compare, evaluate, plot
-    runs/        config, the training job (fit), the run folder, resume
+    cli/         the pyro-vae command: train, compare, evaluate, plot, fit-prior
+    runs/        config, the training job (fit), the run folder, resume, a VQ-VAE's stage 2
     evaluation/  ELBO, log-likelihood and other metrics, figures
     infer/       objectives and trainers (SVI, variational EM, Monte Carlo EM)
-    models/      the model interface, the VAE and the autoencoders, priors, likelihoods, networks
+    models/      the model interface, the VAE, the autoencoders and the VQ-VAE, priors,
+                 likelihoods, networks
     data/        image data sets as tensors
     errors.py, distributed.py
 
@@ -40,6 +42,13 @@ from pyro_vae.infer.traces import log_densities
 from pyro_vae.models import MODELS
 from pyro_vae.models.autoencoders import Autoencoder
 from pyro_vae.models.base import LatentModel
+from pyro_vae.models.code_priors import (
+    CategoricalCodePrior,
+    CodeVectors,
+    TransformerCodePrior,
+    UniformCodePrior,
+)
+from pyro_vae.models.codebook import Codebook
 from pyro_vae.models.corruption import Corruption
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
@@ -54,8 +63,10 @@ from pyro_vae.models.priors import (
     VampPrior,
 )
 from pyro_vae.models.vae import VAE, build_vae
+from pyro_vae.models.vqvae import VQVAE
+from pyro_vae.runs.code_prior import fit_code_prior, load_code_prior, prior_table
 from pyro_vae.runs.config import TrainConfig
-from pyro_vae.runs.fit import fit, load_vae, make_trainer, setup, summary_table
+from pyro_vae.runs.fit import fit, load_run, load_vae, make_trainer, setup, summary_table
 from pyro_vae.runs.folder import Run
 
 __all__ = [
@@ -76,6 +87,15 @@ __all__ = [
     "ContinuousBernoulliLikelihood",
     "Autoencoder",
     "Corruption",
+    "VQVAE",
+    "Codebook",
+    "CodeVectors",
+    "UniformCodePrior",
+    "CategoricalCodePrior",
+    "TransformerCodePrior",
+    "fit_code_prior",
+    "load_code_prior",
+    "prior_table",
     "make_objective",
     "iwae_loss",
     "log_densities",
@@ -102,6 +122,7 @@ __all__ = [
     "fit",
     "setup",
     "load_vae",
+    "load_run",
     "summary_table",
     "UserError",
 ]

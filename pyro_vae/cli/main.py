@@ -13,6 +13,8 @@ from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
 from pyro_vae.models import MODELS
+from pyro_vae.models.code_priors import CODE_PRIOR_HELP, parse_code_prior
+from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import CORRUPT_HELP, parse_corruption
 from pyro_vae.models.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.models.networks import ARCHS
@@ -109,7 +111,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=tuple(MODELS),
         default=d.model,
-        help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior)",
+        help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior); "
+        "vqvae: VQ-VAE (discrete codes)",
     )
     model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
     model.add_argument(
@@ -156,6 +159,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SPEC",
         help=f"denoising: corrupt what the encoder sees in training: {CORRUPT_HELP}",
+    )
+    vq = parser.add_argument_group("VQ-VAE (--model vqvae; see docs/vqvae.md)")
+    vq.add_argument("--codebook-size", type=int, default=d.codebook_size, metavar="K")
+    vq.add_argument("--code-dim", type=int, default=d.code_dim, metavar="D")
+    vq.add_argument(
+        "--commitment",
+        type=non_negative_float,
+        default=d.commitment,
+        metavar="BETA",
+        help="weight of the commitment loss",
+    )
+    vq.add_argument(
+        "--codebook-update",
+        choices=CODEBOOK_UPDATES,
+        default=d.codebook_update,
+        help="loss: codebook loss; ema: moving averages of the assigned encoder outputs",
+    )
+    vq.add_argument(
+        "--restart-codes",
+        action=argparse.BooleanOptionalAction,
+        default=d.restart_codes,
+        help="restart codes no encoder output chose for about 460 updates",
     )
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -420,6 +445,45 @@ def add_posthoc_commands(commands) -> None:
         sub.add_argument("--data-dir", default=None, help="override the run's data folder")
 
 
+def add_fit_prior_command(commands) -> None:
+    """``fit-prior``: stage 2 of a VQ-VAE run (:mod:`pyro_vae.cli.fit_prior`)."""
+    fit_prior = commands.add_parser(
+        "fit-prior", help="fit a prior over the codes of a trained VQ-VAE (stage 2)"
+    )
+    fit_prior.add_argument("run_dir", metavar="RUN_DIR")
+    fit_prior.add_argument(
+        "--prior",
+        type=spec_type(parse_code_prior),
+        nargs="+",
+        default=["transformer"],
+        metavar="SPEC",
+        help=f"one or more of: {CODE_PRIOR_HELP}",
+    )
+    fit_prior.add_argument("--epochs", type=positive_int, default=20)
+    fit_prior.add_argument("--batch-size", type=positive_int, default=128)
+    fit_prior.add_argument("--lr", type=positive_float, default=1e-3)
+    fit_prior.add_argument("--seed", type=int, default=0)
+    fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
+    fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def _fit_prior(args: argparse.Namespace) -> None:
+    from pyro_vae.runs.code_prior import fit_code_prior, prior_table
+
+    for spec in args.prior:
+        fit_code_prior(
+            args.run_dir,
+            spec,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            quiet=args.quiet,
+        )
+    print(prior_table(args.run_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -434,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     add_posthoc_commands(commands)
+    add_fit_prior_command(commands)
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args, argv)))
@@ -443,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_cli(lambda: _evaluate(args))
     if args.command == "plot":
         return run_cli(lambda: _plot(args))
+    if args.command == "fit-prior":
+        return run_cli(lambda: _fit_prior(args))
     return 2  # unreachable: argparse rejects unknown commands
 
 

@@ -14,44 +14,14 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.data.images import ImageData, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import write_figures
 from pyro_vae.evaluation.metrics import heldout_metrics
-from pyro_vae.models import LatentModel
 from pyro_vae.models.corruption import parse_corruption
-from pyro_vae.runs.fit import load_vae
+from pyro_vae.runs.fit import load_run
 from pyro_vae.runs.folder import Run, library_versions
 
-__all__ = ["load_run", "evaluate_run", "eval_table", "plot_run"]
-
-
-def load_run(
-    run_dir: str | Path, data_dir: str | None = None
-) -> tuple[LatentModel, ImageData, int]:
-    """The trained model, its data (test set as in training) and the checkpoint's epoch."""
-    run = Run(run_dir)
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} does not exist")
-    state = run.load_checkpoint()
-    vae, config = load_vae(str(run_dir), state=state)
-    data = load_data(
-        config.dataset,
-        data_dir or config.data_dir,
-        config.binarize,
-        config.val_size,
-        config.limit_train,
-        config.limit_test,
-        config.seed,
-    )
-    try:
-        vae.codes(data.test[:1])
-    except RuntimeError:
-        raise UserError(
-            f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "
-            f"{data.data_dim} pixels)"
-        ) from None
-    return vae, data, int(state["epoch"])
+__all__ = ["evaluate_run", "eval_table", "plot_run"]
 
 
 def evaluate_run(

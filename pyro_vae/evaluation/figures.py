@@ -17,6 +17,8 @@
   autoencoder's does not; docs/autoencoders.md).
 - ``denoising.png`` (models with a corruption): clean test images, their corrupted copies, and
   the reconstructions from the corrupted copies.
+- ``codebook_usage.png`` (VQ-VAEs): how many test grid positions chose each code, codes sorted
+  by use, with the perplexity.
 - ``sparsity.png`` (sparse autoencoders): each code unit's mean activation on the test images
   against the target.
 
@@ -35,7 +37,7 @@ matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.evaluation.metrics import corrupt_fixed  # noqa: E402
+from pyro_vae.evaluation.metrics import code_assignments, corrupt_fixed  # noqa: E402
 from pyro_vae.models.base import LatentModel  # noqa: E402
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "plot_random_codes",
     "plot_denoising",
     "plot_sparsity",
+    "plot_codebook_usage",
     "FIGURES",
     "write_figures",
 ]
@@ -288,6 +291,23 @@ def plot_sparsity(vae: LatentModel, test: torch.Tensor, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_codebook_usage(vae: LatentModel, test: torch.Tensor, path: Path) -> None:
+    """Bars of each code's share of the test grid positions, most used first."""
+    counts = code_assignments(vae, test.to(_device(vae))).cpu().double()
+    share = (counts / counts.sum()).sort(descending=True).values
+    entropy = -(share[share > 0] * share[share > 0].log()).sum()
+    fig, ax = plt.subplots(figsize=(6.2, 3.2))
+    ax.bar(range(len(share)), share.numpy(), width=1.0, color="C0")
+    ax.set_xlabel("code, by rank of use")
+    ax.set_ylabel("share of test positions")
+    used = int((counts > 0).sum())
+    title = f"codebook usage: {used} of {len(counts)} codes used, perplexity {entropy.exp():.1f}"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 #: figure name (as models list them in ``model.figures``) -> fn(model, test, labels, path, shape)
 FIGURES: dict[str, Callable] = {
     "reconstructions": lambda m, x, y, path, shape: plot_reconstructions(m, x, path, shape),
@@ -298,6 +318,7 @@ FIGURES: dict[str, Callable] = {
     "interpolation": lambda m, x, y, path, shape: plot_interpolation(m, x, y, path, shape),
     "denoising": lambda m, x, y, path, shape: plot_denoising(m, x, path, shape),
     "sparsity": lambda m, x, y, path, shape: plot_sparsity(m, x, path),
+    "codebook_usage": lambda m, x, y, path, shape: plot_codebook_usage(m, x, path),
 }
 
 

@@ -11,6 +11,8 @@
 - :func:`sparsity_metrics`: each code unit's mean activation against the sparse autoencoder's
   target, and the penalty's KL.
 - :func:`denoising_metrics`: the reconstruction metrics from corrupted inputs (fixed noise seed).
+- :func:`codebook_metrics`: a VQ-VAE's codebook usage: codes used and the perplexity of the
+  code assignments.
 
 :data:`METRICS` maps each name a model lists in ``model.metrics`` to its estimator;
 :func:`heldout_metrics` runs those that apply and says why the others are left out.
@@ -43,6 +45,8 @@ __all__ = [
     "reconstruction_metrics",
     "sparsity_metrics",
     "denoising_metrics",
+    "code_assignments",
+    "codebook_metrics",
     "METRICS",
     "heldout_metrics",
     "log_likelihood_mean_sem",
@@ -180,6 +184,29 @@ def denoising_metrics(model: LatentModel, x: torch.Tensor, spec: str | None = No
     return {f"corrupted_{k}": v for k, v in m.items()} | {"corruption": spec}
 
 
+@torch.no_grad()
+def code_assignments(model: LatentModel, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """How many grid positions of ``x`` chose each code of a VQ-VAE, shape (K,)."""
+    counts = torch.zeros(model.codebook.size, dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        counts += model.codebook.usage_counts(model.code_indices(x[start : start + batch_size]))
+    return counts
+
+
+def codebook_metrics(model: LatentModel, x: torch.Tensor) -> dict:
+    """``codes_used``: codes chosen at least once over ``x``; ``perplexity``: exp of the
+    entropy of the code frequencies (K when all codes are equally used, 1 for one code);
+    ``codebook_size``: K."""
+    counts = code_assignments(model, x).double()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {
+        "codes_used": int((counts > 0).sum()),
+        "perplexity": entropy.exp().item(),
+        "codebook_size": model.codebook.size,
+    }
+
+
 def _elbo(model: LatentModel, x: torch.Tensor, iw_samples: int) -> dict:
     return evaluate_elbo(model, x, num_samples=10)
 
@@ -201,6 +228,7 @@ METRICS: dict[str, Callable[[LatentModel, torch.Tensor, int], dict]] = {
     },
     "sparsity": lambda model, x, k: sparsity_metrics(model, x),
     "denoising": lambda model, x, k: denoising_metrics(model, x),
+    "codebook": lambda model, x, k: codebook_metrics(model, x),
 }
 
 

@@ -169,6 +169,7 @@ class EMTrainer:
             total = gradient_step(loss, x.shape[0], params, optimizers, self.clip_norm)
         else:
             total = torch.tensor(distributed.all_sum([loss.item()])[0]).to(loss)
+        self.vae.after_update(model_updated=model)
         self.encoder_updates += int(guide)
         self.decoder_updates += int(model)
         return total

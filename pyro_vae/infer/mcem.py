@@ -95,6 +95,7 @@ class MCEMTrainer:
         the negated objective summed over the minibatch (detached), the loss it minimises."""
         loss = -complete_data_log_likelihood(self.vae, x, z)
         gradient_step(loss, x.shape[0], self.model_params, [self.optimizer], self.clip_norm)
+        self.vae.after_update(model_updated=True)
         return loss.detach()
 
     def step(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

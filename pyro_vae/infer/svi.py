@@ -188,6 +188,7 @@ class SVITrainer:
         kl_weight = self.kl_weight(self.step_count)
         loss = self.objective(self.vae.model, self.vae.guide, distributed.shard(x), kl_weight)
         total = gradient_step(loss, x.shape[0], self.params, [self.optimizer], self.clip_norm)
+        self.vae.after_update(model_updated=True)
         self.step_count += 1
         return total
 

@@ -3,6 +3,9 @@
 - :mod:`~pyro_vae.models.base`: the one interface every model implements (:class:`LatentModel`)
 - :mod:`~pyro_vae.models.vae`: the variational autoencoder (``--model vae``)
 - :mod:`~pyro_vae.models.autoencoders`: the autoencoder, sparse and denoising (``--model ae``)
+- :mod:`~pyro_vae.models.vqvae`: the VQ-VAE (``--model vqvae``), with
+  :mod:`~pyro_vae.models.codebook` and the priors over its codes
+  :mod:`~pyro_vae.models.code_priors`
 - :mod:`~pyro_vae.models.priors`, :mod:`~pyro_vae.models.likelihoods`,
   :mod:`~pyro_vae.models.networks`, :mod:`~pyro_vae.models.corruption`: the parts
 
@@ -14,7 +17,8 @@ and one line below.
 from pyro_vae.models.autoencoders import Autoencoder
 from pyro_vae.models.base import LatentModel
 from pyro_vae.models.vae import VAE
+from pyro_vae.models.vqvae import VQVAE
 
 __all__ = ["MODELS", "LatentModel"]
 
-MODELS: dict[str, type[LatentModel]] = {"vae": VAE, "ae": Autoencoder}
+MODELS: dict[str, type[LatentModel]] = {"vae": VAE, "ae": Autoencoder, "vqvae": VQVAE}

@@ -79,6 +79,8 @@ class Autoencoder(LatentModel):
         corruption: what the encoder sees in training mode (the denoising autoencoder).
     """
 
+    own_fields = ("sparsity", "sparsity_weight")
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -17,9 +17,14 @@ the run system what it is made of and what can be measured and drawn of it:
   held-out metrics (:mod:`pyro_vae.evaluation.metrics`) that apply to this model;
 - ``not_applicable``: standard metric -> why it is left out (eval.json says so);
 - ``check_config(config)``, ``from_config(config, ...)``: class methods that reject flags that
-  mean nothing for the model and build it from a run's settings.
+  mean nothing for the model and build it from a run's settings; ``own_fields``: the
+  :class:`~pyro_vae.runs.config.TrainConfig` fields only this model reads (other models refuse
+  them);
+- ``after_update(model_updated)``: called by the trainers after every optimizer step, for
+  model-side updates that are not gradient steps (the VQ-VAE's codebook averages); a no-op here.
 
-Trainers only call ``model``, ``guide``, the two parameter groups and ``check_data``; the
+Trainers only call ``model``, ``guide``, the two parameter groups, ``after_update`` and
+``check_data``; the
 ELBO-type objectives pair the programs whatever their latent sites are. Evaluation and figures
 ask the model which of their functions apply, so no module outside ``models/`` tests which model
 it holds. A new model is one file in this folder that subclasses :class:`LatentModel` and one
@@ -68,6 +73,7 @@ class LatentModel(nn.Module):
     figures: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     not_applicable: dict[str, str] = {}
+    own_fields: tuple[str, ...] = ()
 
     # --- the run system ------------------------------------------------------------------
     @classmethod
@@ -93,6 +99,10 @@ class LatentModel(nn.Module):
 
     def model_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
+
+    def after_update(self, model_updated: bool) -> None:
+        """Called by trainers after each optimizer step; ``model_updated``: whether the step
+        moved the model side (theta). Nothing to do for most models."""
 
     # --- data and pictures -----------------------------------------------------------------
     def check_data(self, x: torch.Tensor) -> None:

@@ -10,6 +10,10 @@ Any ``nn.Module`` with these signatures can be passed to :class:`~pyro_vae.model
 :func:`check_networks` runs both once on a dummy batch and names the expected shapes when they
 do not match. Built in (``--arch``): the MLP pair, and a small convolutional pair for 28 x 28
 images (two stride-2 convolutions each way).
+
+The VQ-VAE's networks (:func:`build_grid_networks`) map x to a grid of G vectors of size D,
+shape (batch, G, D), and such a grid back to the likelihood's parameters: ``conv`` keeps the
+image's layout (a (h/4) x (w/4) grid), ``mlp`` has G = ``--z-dim`` positions without one.
 """
 
 from collections.abc import Sequence
@@ -29,6 +33,11 @@ __all__ = [
     "mlp",
     "build_networks",
     "check_networks",
+    "GridConvEncoder",
+    "GridConvDecoder",
+    "GridMLPEncoder",
+    "GridMLPDecoder",
+    "build_grid_networks",
 ]
 
 ARCHS = ("mlp", "conv")
@@ -214,3 +223,99 @@ def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> None:
             f"the decoder must map z {(*lead, z_dim)} to likelihood parameters of shape "
             f"{(*lead, out_dim)} (leading dimensions kept); got {got}"
         )
+
+
+class GridConvEncoder(nn.Module):
+    """x (batch, h * w) -> a (h/4) x (w/4) grid of D-vectors, shape (batch, h * w / 16, D):
+    two 4x4 stride-2 convolutions, a 3x3 convolution and a 1x1 projection to D channels."""
+
+    def __init__(self, image_shape: tuple[int, int], code_dim: int, channels: int = 32) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * channels, code_dim, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x.reshape(-1, 1, *self.image_shape))
+        return out.flatten(2).transpose(1, 2)
+
+
+class GridConvDecoder(nn.Module):
+    """A grid (..., h * w / 16, D) -> likelihood parameters (..., out_channels * h * w),
+    mirroring :class:`GridConvEncoder`; leading dimensions are kept."""
+
+    def __init__(
+        self, code_dim: int, image_shape: tuple[int, int], out_channels: int = 1, channels: int = 32
+    ) -> None:
+        super().__init__()
+        h, w = self.image_shape = tuple(image_shape)
+        self.grid = (h // 4, w // 4)
+        self.net = nn.Sequential(
+            nn.Conv2d(code_dim, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead, (g, d) = z.shape[:-2], z.shape[-2:]
+        grid = z.reshape(-1, g, d).transpose(1, 2).reshape(-1, d, *self.grid)
+        return self.net(grid).reshape(*lead, -1)
+
+
+class GridMLPEncoder(nn.Module):
+    """x (batch, D_x) -> G vectors of size D, shape (batch, G, D), by one MLP."""
+
+    def __init__(self, data_dim: int, hidden_dims: Sequence[int], positions: int, code_dim: int):
+        super().__init__()
+        self.shape = (positions, code_dim)
+        self.net = mlp(data_dim, hidden_dims, positions * code_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).reshape(*x.shape[:-1], *self.shape)
+
+
+class GridMLPDecoder(nn.Module):
+    """G vectors (..., G, D) -> likelihood parameters (..., out_dim), by one MLP."""
+
+    def __init__(self, positions: int, code_dim: int, hidden_dims: Sequence[int], out_dim: int):
+        super().__init__()
+        self.net = mlp(positions * code_dim, hidden_dims, out_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.flatten(-2))
+
+
+def build_grid_networks(
+    arch: str,
+    data_dim: int,
+    code_dim: int,
+    positions: int,
+    hidden_dims: Sequence[int],
+    likelihood: nn.Module,
+    image_shape: tuple[int, int] = (28, 28),
+) -> tuple[nn.Module, nn.Module, int]:
+    """The VQ-VAE's encoder and decoder for ``--arch`` and the number of grid positions G:
+    ``conv`` ((h/4) x (w/4) positions) or ``mlp`` (``positions`` of them, mirrored
+    ``hidden_dims``)."""
+    params_per_dim = getattr(likelihood, "params_per_dim", 1)
+    if arch == "mlp":
+        encoder = GridMLPEncoder(data_dim, hidden_dims, positions, code_dim)
+        out_dim = params_per_dim * data_dim
+        decoder = GridMLPDecoder(positions, code_dim, tuple(reversed(hidden_dims)), out_dim)
+        return encoder, decoder, positions
+    if arch == "conv":
+        if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:
+            raise UserError("--arch conv needs h x w images with h, w divisible by 4, D = h * w")
+        decoder = GridConvDecoder(code_dim, image_shape, out_channels=params_per_dim)
+        grid = (image_shape[0] // 4) * (image_shape[1] // 4)
+        return GridConvEncoder(image_shape, code_dim), decoder, grid
+    raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")

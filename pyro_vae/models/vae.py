@@ -78,10 +78,7 @@ class VAE(LatentModel):
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Sparsity targets are the sparse autoencoder's (``--model ae``); a corruption acts on
-        the guide, which Monte Carlo EM does not train."""
-        if config.sparsity is not None:
-            raise UserError("--sparsity applies to --model ae (the sparse autoencoder)")
+        """A corruption acts on the guide, which Monte Carlo EM does not train."""
         if config.corrupt is not None and config.algo == "mcem":
             raise UserError("--corrupt corrupts what the guide sees; --algo mcem trains no guide")
 

@@ -18,6 +18,7 @@ from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
 from pyro_vae.models import MODELS
+from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.models.likelihoods import LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.models.networks import ARCHS
@@ -51,6 +52,11 @@ class TrainConfig:
     sparsity: float | None = None  # sparse autoencoder: target mean activation rho in (0, 1)
     sparsity_weight: float = 1.0  # its penalty's weight beta
     corrupt: str | None = None  # denoising: gaussian:SIGMA | salt-pepper:P | mask:P
+    codebook_size: int = 512  # VQ-VAE: K codes (van den Oord et al. 2017's K and D)
+    code_dim: int = 64  # D, the size of a code vector
+    commitment: float = 0.25  # beta, the commitment loss's weight
+    codebook_update: str = "loss"  # loss | ema (pyro_vae/models/codebook.py)
+    restart_codes: bool = True  # restart dead codes at encoder outputs
     # objective and optimisation
     elbo: str = "trace"
     num_particles: int = 1
@@ -105,6 +111,7 @@ class TrainConfig:
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
             "model": tuple(MODELS),
+            "codebook_update": CODEBOOK_UPDATES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -151,6 +158,7 @@ class TrainConfig:
             raise UserError("--sparsity-weight must be positive")
         if self.sparsity is None and self.sparsity_weight != TrainConfig.sparsity_weight:
             raise UserError("--sparsity-weight weighs the penalty of --sparsity RHO; give both")
+        self._check_model_fields()
         MODELS[self.model].check_config(self)
         if self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(
@@ -160,6 +168,14 @@ class TrainConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
         return self
+
+    def _check_model_fields(self) -> None:
+        """A setting that only another model reads (its ``own_fields``) is refused."""
+        for name, model in MODELS.items():
+            for field in model.own_fields if name != self.model else ():
+                if getattr(self, field) != getattr(TrainConfig, field):
+                    flag = "--" + field.replace("_", "-")
+                    raise UserError(f"{flag} applies to --model {name}, not --model {self.model}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -21,6 +21,7 @@ import copy
 import math
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -46,7 +47,15 @@ from pyro_vae.runs.resume import restore
 
 Trainer = SVITrainer | EMTrainer | MCEMTrainer
 
-__all__ = ["fit", "setup", "make_trainer", "load_vae", "summary_table", "heldout_columns"]
+__all__ = [
+    "fit",
+    "setup",
+    "make_trainer",
+    "load_vae",
+    "load_run",
+    "summary_table",
+    "heldout_columns",
+]
 
 
 def setup(
@@ -293,14 +302,21 @@ def heldout_columns(
     epoch: int,
     train: torch.Tensor | None = None,
 ) -> dict:
-    """``test_iwae``, ``active_units``, ``mutual_info`` on the first ``eval_limit`` test images
+    """``test_iwae``, ``active_units``, ``mutual_info`` (a VQ-VAE's ``codes_used`` and
+    ``perplexity`` instead of the latter two) on the first ``eval_limit`` test images
     (and ``train_iwae`` on ``train``, training images as evaluation sees them) every
     ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
 
     The evaluation draws from a forked torch RNG, so turning it on does not change training.
     Metrics that do not apply to the model (``vae.metrics``) are blank cells.
     """
-    columns = {"test_iwae": "iwae", "active_units": "active_units", "mutual_info": "mutual_info"}
+    columns = {
+        "test_iwae": "iwae",
+        "active_units": "active_units",
+        "mutual_info": "mutual_info",
+        "codes_used": "codes_used",
+        "perplexity": "perplexity",
+    }
     if not evaluation_due(config, epoch):
         return {**dict.fromkeys(columns), "train_iwae": None}
     with torch.random.fork_rng(devices=[]):
@@ -373,6 +389,34 @@ def load_vae(
     except RuntimeError:
         raise UserError(f"checkpoint in {run_dir} does not match its configuration") from None
     return vae.to(device).eval(), config
+
+
+def load_run(
+    run_dir: str | Path, data_dir: str | None = None
+) -> tuple[LatentModel, ImageData, int]:
+    """The trained model, its data (test set as in training) and the checkpoint's epoch."""
+    run = Run(run_dir)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    state = run.load_checkpoint()
+    vae, config = load_vae(str(run_dir), state=state)
+    data = load_data(
+        config.dataset,
+        data_dir or config.data_dir,
+        config.binarize,
+        config.val_size,
+        config.limit_train,
+        config.limit_test,
+        config.seed,
+    )
+    try:
+        vae.codes(data.test[:1])
+    except RuntimeError:
+        raise UserError(
+            f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "
+            f"{data.data_dim} pixels)"
+        ) from None
+    return vae, data, int(state["epoch"])
 
 
 def summary_table(run: Run) -> str:

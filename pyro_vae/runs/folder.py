@@ -11,13 +11,14 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pyro_vae.errors import UserError
 
-__all__ = ["Run", "library_versions", "default_run_dir"]
+__all__ = ["Run", "library_versions", "default_run_dir", "atomic_write"]
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,7 +49,8 @@ def default_run_dir(algo: str) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through ``write(tmp)`` and a rename: never half a file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -85,7 +87,7 @@ class Run:
 
     def write_config(self, config: dict) -> None:
         record = {**config, "versions": library_versions()}
-        _atomic_write(self.config_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        atomic_write(self.config_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
 
     def read_config(self) -> dict:
         return json.loads(self.config_path.read_text())
@@ -124,11 +126,11 @@ class Run:
             with path.open("w", newline="") as f:
                 csv.writer(f).writerows(keep)
 
-        _atomic_write(self.metrics_path, write)
+        atomic_write(self.metrics_path, write)
 
     def save_checkpoint(self, state: dict) -> None:
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-        _atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))
+        atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))
 
     def load_checkpoint(self) -> dict:
         """The checkpoint's contents; a missing, corrupt or foreign file is a :class:`UserError`."""

@@ -1,0 +1,355 @@
+"""The VQ-VAE and the priors over its codes.
+
+Quantization against brute force, the straight-through gradient, the loss against a hand
+computation (and which of its terms are ELBO terms), the EMA update and dead-code restarts by
+hand, the code priors' causality, normalisation and sampling, EM's frozen sides, stage 2 as the
+prior's M-step, and the run system end to end.
+"""
+
+import itertools
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import (
+    VQVAE,
+    CategoricalCodePrior,
+    Codebook,
+    EMTrainer,
+    SVITrainer,
+    TrainConfig,
+    TransformerCodePrior,
+    UniformCodePrior,
+    elbo_terms,
+    fit,
+    load_code_prior,
+    make_objective,
+)
+from pyro_vae.cli.main import main
+from pyro_vae.cli.posthoc import evaluate_run, plot_run
+from pyro_vae.models.codebook import ema_update, nearest_code
+from pyro_vae.models.likelihoods import BernoulliLikelihood
+from pyro_vae.models.networks import GridMLPDecoder, GridMLPEncoder
+from pyro_vae.runs.folder import Run
+
+D, G, C, K = 12, 3, 2, 4  # data dim, grid positions, code dim, codebook size
+
+
+def small_vq(update: str = "loss", prior=None, **kwargs) -> VQVAE:
+    return VQVAE(
+        GridMLPEncoder(D, (8,), G, C),
+        GridMLPDecoder(G, C, (8,), D),
+        BernoulliLikelihood(),
+        Codebook(K, C, update),
+        G,
+        prior=prior,
+        data_dim=D,
+        **kwargs,
+    )
+
+
+def binary(n: int = 20, seed: int = 0) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, D), 0.4), generator=torch.Generator().manual_seed(seed))
+
+
+# --- quantization and the straight-through estimator -----------------------------------------
+
+
+def test_quantization_picks_the_nearest_code_against_brute_force():
+    z, codes = torch.randn(50, 3, 5), torch.randn(9, 5)
+    brute = torch.tensor(
+        [[min(range(9), key=lambda j: (v - codes[j]).norm().item()) for v in row] for row in z]
+    )
+    assert torch.equal(nearest_code(z, codes), brute)
+
+
+def capture_encoder_output(model: VQVAE) -> dict:
+    out = {}
+    model.encoder.register_forward_hook(lambda m, i, o: out.__setitem__("z_e", o))
+    return out
+
+
+def test_straight_through_passes_the_decoders_gradient_to_the_encoder_unchanged():
+    vq, x = small_vq(), binary()
+    captured = capture_encoder_output(vq)
+    guide = poutine.trace(vq.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vq.model, trace=guide)).get_trace(x)
+    z = guide.nodes["z"]["value"]
+    z_e = captured["z_e"]
+    assert torch.equal(z, vq.codebook.lookup(vq.codebook.nearest(z_e)))  # the code, bit for bit
+    log_px = model.nodes["x"]["fn"].log_prob(x).sum()
+    grad_z_e, grad_z = torch.autograd.grad(log_px, [z_e, z])
+    assert torch.equal(grad_z_e, grad_z) and grad_z.abs().sum() > 0
+
+
+def test_the_loss_is_the_bound_plus_commitment_and_codebook_losses_and_only_the_bound_is_reported():
+    vq, x = small_vq(commitment=0.25), binary()
+    torch.manual_seed(0)
+    loss = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
+    z_e = vq.encoder(x)
+    e_k = vq.codebook.lookup(vq.codebook.nearest(z_e))
+    log_px = vq.likelihood(vq.decoder(e_k)).log_prob(x).sum()
+    log_pk = -x.shape[0] * G * math.log(K)  # uniform prior
+    squared = (z_e - e_k).pow(2).sum()
+    expected = -(log_px + log_pk) + 0.25 * squared + squared
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    terms = elbo_terms(vq.eval(), x)
+    assert terms["elbo"].sum().item() == pytest.approx((log_px + log_pk).item(), rel=1e-5)
+    assert torch.allclose(terms["kl"], torch.full((len(x),), G * math.log(K)))
+
+
+# --- the codebook's updates ------------------------------------------------------------------
+
+
+def test_ema_update_matches_a_hand_computation():
+    count, total = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([[0.0], [1.0], [2.0]])
+    assigned, summed = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([[1.0], [0.0], [4.0]])
+    codes = ema_update(count, total, assigned, summed, decay=0.5, eps=0.0)
+    # N = 0.5 * 1 + 0.5 * n = [1.5, 0.5, 1.0]; m = 0.5 * m + 0.5 * s = [0.5, 0.5, 3.0]
+    assert torch.allclose(count, torch.tensor([1.5, 0.5, 1.0]))
+    assert torch.allclose(codes, torch.tensor([[0.5 / 1.5], [1.0], [3.0]]))
+    smoothed = ema_update(count.clone(), total.clone(), assigned, summed, decay=0.5, eps=0.1)
+    n = 1.75 + 0.25 + 1.0  # counts after a second step: [1.75, 0.25, 1.0]
+    laplace = (torch.tensor([1.75, 0.25, 1.0]) + 0.1) / (n + 0.3) * n
+    m = torch.tensor([0.5 * 0.5 + 0.5, 0.25, 1.5 + 2.0])
+    assert torch.allclose(smoothed.squeeze(1), m / laplace)
+
+
+def test_the_codebook_ema_step_uses_the_minibatch_assignments():
+    book = Codebook(3, 1, "ema", decay=0.5)
+    book.vectors.copy_(torch.tensor([[0.0], [1.0], [2.0]]))
+    book.ema_total.copy_(book.vectors)
+    z_e = torch.tensor([[0.1], [-0.1], [2.5], [1.9]])
+    book.after_model_update(z_e, book.nearest(z_e), restart=False)
+    # code 0: (0.5*0 + 0.5*0.0) / (0.5 + 1) = 0; code 1 unused stays 1; code 2: (1 + 2.2) / 1.5
+    expected = torch.tensor([[0.0], [1.0], [3.2 / 1.5]])
+    assert torch.allclose(book.vectors, expected, atol=1e-4)
+
+
+def test_dead_codes_restart_at_encoder_outputs():
+    torch.manual_seed(0)
+    book = Codebook(4, 2, "loss")
+    z_e = torch.randn(30, 2) + 5.0  # far from every initial code
+    k = book.nearest(z_e)
+    restarted = book.after_model_update(z_e, k)
+    assert restarted == 3  # the first update places the three unchosen codes on encoder outputs
+    for j in range(4):
+        if j != int(k[0]):
+            assert (book.vectors[j] == z_e).all(1).any()
+    assert Codebook(4, 2, "loss").after_model_update(z_e, k, restart=False) == 0
+    # a code no vector chooses decays below the threshold and is restarted again
+    book.after_model_update(z_e, torch.zeros(30, dtype=torch.long))
+    unused = [book.after_model_update(z_e, torch.zeros(30, dtype=torch.long)) for _ in range(500)]
+    assert sum(unused) >= 3
+
+
+# --- code priors ----------------------------------------------------------------------------
+
+
+def test_the_transformer_prior_is_causal():
+    prior = TransformerCodePrior(5, 6, num_layers=2, width=16, heads=2)
+    k = torch.randint(5, (3, 6))
+    base = prior.logits(k)
+    for i in range(6):
+        changed = k.clone()
+        changed[:, i:] = (changed[:, i:] + 1) % 5
+        assert torch.allclose(prior.logits(changed)[:, : i + 1], base[:, : i + 1], atol=1e-6)
+        if i + 1 < 6:
+            assert not torch.allclose(prior.logits(changed)[:, i + 1 :], base[:, i + 1 :])
+
+
+def all_grids(num_codes: int, positions: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product(range(num_codes), repeat=positions)))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "categorical", "transformer"])
+def test_code_priors_normalise_on_a_tiny_grid(kind):
+    prior = {
+        "uniform": lambda: UniformCodePrior(3, 3),
+        "categorical": lambda: CategoricalCodePrior(3, 3),
+        "transformer": lambda: TransformerCodePrior(3, 3, num_layers=1, width=8, heads=2),
+    }[kind]()
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(torch.randn_like(p))
+        total = torch.logsumexp(prior().log_prob(all_grids(3, 3)), 0)
+    assert total.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ancestral_samples_have_the_frequencies_log_prob_gives():
+    prior = TransformerCodePrior(2, 3, num_layers=1, width=8, heads=2)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(torch.randn_like(p))
+    grids = all_grids(2, 3)
+    probs = prior().log_prob(grids).exp().detach()
+    samples = prior().sample((20000,))
+    index = (samples * torch.tensor([4, 2, 1])).sum(-1)
+    freq = torch.bincount(index, minlength=8).double() / len(samples)
+    assert (freq - probs.double()).abs().max() < 0.015
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_em_on_the_vqvae_freezes_each_side_bitwise(update):
+    vq, x = small_vq(update), binary(40)
+    trainer = EMTrainer(vq, make_objective("trace"), e_rule="fixed", e_steps=3)
+    model_side = {k: v.clone() for k, v in vq.state_dict().items() if not k.startswith("encoder")}
+    encoder = {k: v.clone() for k, v in vq.encoder.state_dict().items()}
+    trainer.e_step(x)
+    for name, value in vq.state_dict().items():
+        if name in model_side:
+            assert torch.equal(value, model_side[name]), name
+    assert any(not torch.equal(v, encoder[k]) for k, v in vq.encoder.state_dict().items())
+    encoder = {k: v.clone() for k, v in vq.encoder.state_dict().items()}
+    trainer.m_step(x)
+    for name, value in vq.encoder.state_dict().items():
+        assert torch.equal(value, encoder[name]), name
+    assert not torch.equal(vq.codebook.vectors, model_side["codebook.vectors"])
+
+
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_svi_training_raises_the_bound(update):
+    torch.manual_seed(1)
+    vq, x = small_vq(update), binary(200)
+    before = elbo_terms(vq.eval(), x)["elbo"].mean().item()
+    trainer = SVITrainer(vq, make_objective("trace"), lr=1e-2)
+    for _ in range(15):
+        trainer.train_epoch(x, 20, check=False)
+    assert elbo_terms(vq.eval(), x)["elbo"].mean().item() > before + 1.0
+
+
+def test_stage_two_is_the_m_step_of_the_bound_in_the_prior_alone():
+    prior = CategoricalCodePrior(K, G)
+    with torch.no_grad():
+        prior.logits.normal_()
+    vq, x = small_vq(prior=prior), binary()
+    loss = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
+    (pyro_grad,) = torch.autograd.grad(loss, [prior.logits])
+    code_nll = -prior().log_prob(vq.code_indices(x)).sum()
+    (ml_grad,) = torch.autograd.grad(code_nll, [prior.logits])
+    assert torch.allclose(pyro_grad, ml_grad, atol=1e-6)
+
+
+# --- the run system -------------------------------------------------------------------------
+
+
+def vq_config(data_dir, out, **kwargs) -> TrainConfig:
+    settings = dict(
+        model="vqvae",
+        arch="conv",
+        codebook_size=16,
+        code_dim=4,
+        data_dir=str(data_dir),
+        limit_train=200,
+        limit_test=60,
+        batch_size=50,
+        epochs=2,
+        eval_every=1,
+        out=str(out),
+        quiet=True,
+    )
+    return TrainConfig(**(settings | kwargs))
+
+
+@pytest.mark.slow
+def test_vqvae_trains_resumes_evaluates_plots_and_fits_priors(fake_data_dir, tmp_path, capsys):
+    straight = fit(vq_config(fake_data_dir, tmp_path / "straight", epochs=3))
+    fit(vq_config(fake_data_dir, tmp_path / "resumed", codebook_update="loss"))
+    pyro.clear_param_store()
+    resumed = fit(
+        vq_config(fake_data_dir, tmp_path / "resumed", epochs=3, resume=str(tmp_path / "resumed"))
+    )
+    a, b = Run(straight.path).load_checkpoint(), Run(resumed.path).load_checkpoint()
+    for name, value in a["vae"].items():
+        assert torch.equal(value, b["vae"][name]), name
+    rows = resumed.read_metrics()
+    assert rows[-1]["codes_used"] >= 1 and rows[-1]["perplexity"] >= 1
+    assert rows[-1]["test_kl"] == pytest.approx(49 * math.log(16), rel=1e-5)
+
+    result = evaluate_run(resumed.path, iw_samples=3, limit=40)
+    assert {"elbo", "recon_at_code", "codes_used", "perplexity"} <= set(result)
+    assert {"log_likelihood", "active_units", "mutual_info"} <= set(result["not_applicable"])
+    names = {p.name for p in plot_run(resumed.path)}
+    assert names == {"reconstructions.png", "samples.png", "codebook_usage.png", "curves.png"}
+
+    argv = ["fit-prior", str(resumed.path), "--prior", "uniform", "categorical", "transformer:1"]
+    assert main(argv + ["--epochs", "2", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    bounds = {}
+    for name in ("uniform", "categorical", "transformer-1"):
+        folder = resumed.path / "priors" / name
+        assert {p.name for p in folder.iterdir()} >= {"prior.pt", "eval.json", "samples.png"}
+        record = json.loads((folder / "eval.json").read_text())
+        bounds[name] = record["test_bound"]
+        assert f"| {name} |" in table
+    uniform = json.loads((resumed.path / "priors" / "uniform" / "eval.json").read_text())
+    assert uniform["test_code_nll"] == pytest.approx(49 * math.log(16), rel=1e-5)
+    assert bounds["categorical"] > bounds["uniform"]  # fitted by maximum likelihood
+    prior = load_code_prior(resumed.path, "transformer-1")
+    assert isinstance(prior, TransformerCodePrior) and len(prior.body.layers) == 1
+
+
+BAD = [
+    (["--model", "vqvae", "--codebook-size", "1"], "--codebook-size must be at least 2"),
+    (["--model", "vqvae", "--code-dim", "0"], "--code-dim must be at least 1"),
+    (["--model", "vae", "--codebook-size", "8"], "--codebook-size applies to --model vqvae"),
+    (["--model", "vqvae", "--prior", "mog:3"], "pyro-vae fit-prior"),
+    (["--model", "vqvae", "--beta", "2"], "--beta does not apply to --model vqvae"),
+    (["--model", "vqvae", "--algo", "mcem"], "--algo mcem does not apply to --model vqvae"),
+    (["--model", "vqvae", "--commitment", "-1"], "is not a non-negative number"),
+    (["--model", "vqvae", "--codebook-update", "kmeans"], "invalid choice: 'kmeans'"),
+]
+
+
+def run_main(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("flags, message", BAD)
+def test_bad_vqvae_flags_give_one_line_and_exit_2(capsys, fake_data_dir, tmp_path, flags, message):
+    argv = ["train", *flags, "--data-dir", str(fake_data_dir), "--quiet", "--out", str(tmp_path)]
+    code = run_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_fit_prior_refuses_a_run_that_is_not_a_vqvae_and_unknown_priors(
+    capsys, fake_data_dir, tmp_path
+):
+    run = fit(
+        vq_config(
+            fake_data_dir,
+            tmp_path / "vae",
+            model="vae",
+            arch="mlp",
+            epochs=1,
+            codebook_size=512,
+            code_dim=64,
+            z_dim=2,
+            hidden_dims=(8,),
+            eval_every=0,
+        )
+    )
+    capsys.readouterr()
+    cases = [
+        (["fit-prior", str(run.path)], "fit-prior needs a VQ-VAE run"),
+        (["fit-prior", str(run.path), "--prior", "pixelsnail"], "bad code prior 'pixelsnail'"),
+        (["fit-prior", str(tmp_path / "none")], "does not exist"),
+    ]
+    for argv, message in cases:
+        code = run_main(argv + ["--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (run.path / "priors").exists()
