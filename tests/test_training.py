@@ -54,6 +54,7 @@ def test_train_epoch_reports_the_mean_loss_per_datum():
     vae = torch.nn.Linear(1, 1)
     vae.model = vae.guide = None
     vae.check_data = lambda x: None
+    vae.after_update = lambda model_updated: None
     vae.guide_parameters = lambda: iter([vae.weight])
     vae.model_parameters = lambda: iter([vae.bias])
 

@@ -353,3 +353,15 @@ def test_fit_prior_refuses_a_run_that_is_not_a_vqvae_and_unknown_priors(
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (run.path / "priors").exists()
+
+
+def test_compare_gives_each_model_only_the_flags_of_its_own():
+    from pyro_vae.cli.compare import compare_configs
+    from pyro_vae.cli.main import compare_parser
+
+    args = compare_parser().parse_args(
+        ["--models", "vqvae", "vae", "--algo", "svi", "--codebook-size", "16"]
+    )
+    vq, vae = compare_configs(args)
+    assert vq.codebook_size == 16 and vae.codebook_size == TrainConfig().codebook_size
+    vq.validate(), vae.validate()

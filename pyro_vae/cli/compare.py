@@ -35,11 +35,12 @@ from pyro_vae.data.images import load_data  # noqa: E402
 from pyro_vae.errors import UserError  # noqa: E402
 from pyro_vae.evaluation.metrics import (  # noqa: E402
     active_units,
+    codebook_metrics,
     log_likelihood,
     reconstruction_metrics,
 )
 from pyro_vae.evaluation.mutual_info import mutual_information  # noqa: E402
-from pyro_vae.models import LatentModel  # noqa: E402
+from pyro_vae.models import MODELS, LatentModel  # noqa: E402
 from pyro_vae.runs.config import TrainConfig  # noqa: E402
 from pyro_vae.runs.fit import fit, load_vae  # noqa: E402
 from pyro_vae.runs.folder import Run  # noqa: E402
@@ -75,6 +76,10 @@ EVALUATIONS: dict[str, tuple[tuple[str, ...], Callable[[LatentModel, torch.Tenso
     "reconstruction": (("recon_at_code", "sq_error"), reconstruction_metrics),
     "active_units": (("active_units",), lambda m, x: {"active_units": active_units(m, x)}),
     "mutual_info": (("mutual_info",), lambda m, x: {"mutual_info": mutual_information(m, x)}),
+    "codebook": (
+        ("codes_used", "perplexity"),
+        lambda m, x: {k: v for k, v in codebook_metrics(m, x).items() if k != "codebook_size"},
+    ),
 }
 
 
@@ -110,12 +115,25 @@ def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:
     algos = [name for names in args.algo for name in names]  # --algo svi,em mcem: lists
     models = [name for names in args.model for name in names]
     for model in dict.fromkeys(models):
+        own = _fields_of_other_models(model)
         for algo in dict.fromkeys(algos):
             rules = dict.fromkeys(args.e_rule) if algo == "em" else [TrainConfig().e_rule]
             configs += [
-                TrainConfig(model=model, algo=algo, e_rule=rule, **fields) for rule in rules
+                TrainConfig(model=model, algo=algo, e_rule=rule, **(fields | own)) for rule in rules
             ]
     return configs
+
+
+def _fields_of_other_models(model: str) -> dict:
+    """Defaults for the settings only other models read (``--codebook-size`` for a VQ-VAE when
+    the comparison also trains a VAE): each run gets the flags that apply to its model."""
+    default = TrainConfig()
+    return {
+        field: getattr(default, field)
+        for name, cls in MODELS.items()
+        if name != model
+        for field in cls.own_fields
+    }
 
 
 def _cell(value) -> str:
@@ -207,12 +225,18 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
     for config in configs:
         config.validate()
     base = configs[0]
-    same = (
-        dataclasses.replace(c, model=base.model, algo=base.algo, e_rule=base.e_rule)
+    own = {field for cls in MODELS.values() for field in cls.own_fields}
+    shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in own]
+    if any(
+        getattr(c, name) != getattr(base, name)
         for c in configs
-    )
-    if any(c != base for c in same):
-        raise ValueError("compared configs may differ only in model, algo and e_rule")
+        for name in shared
+        if name not in ("model", "algo", "e_rule")
+    ):
+        raise ValueError(
+            "compared configs may differ only in model, algo, e_rule and the "
+            "settings of their own model"
+        )
     root = Path(out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare")
     root.mkdir(parents=True, exist_ok=True)
     runs = {}
