@@ -95,8 +95,18 @@ def test_without_torchrun_every_helper_is_the_identity(monkeypatch):
         ["--algo", "em", "--e-rule", "converge", "--e-check", "2"],
         ["--algo", "em", "--e-rule", "aggressive", "--e-check", "2", "--val-size", "100"],
         ["--model", "ae", "--corrupt", "mask:0.3", "--sparsity", "0.1"],
+        [
+            "--model",
+            "vqvae",
+            "--codebook-size",
+            "16",
+            "--code-dim",
+            "4",
+            "--codebook-update",
+            "ema",
+        ],
     ],
-    ids=["svi", "em-converge", "em-aggressive", "sparse-denoising-ae"],
+    ids=["svi", "em-converge", "em-aggressive", "sparse-denoising-ae", "vqvae-ema"],
 )
 def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
     fake_data_dir, tmp_path, algo

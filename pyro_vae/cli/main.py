@@ -292,7 +292,8 @@ def config_from_args(
     from pyro_vae.runs.resume import resume_config
 
     argv = sys.argv[1:] if argv is None else argv
-    given = {name for name in fields if _flag(name) in {a.split("=")[0] for a in argv}}
+    flags = {a.split("=")[0].replace("--no-", "--", 1) for a in argv}  # --no-restart-codes
+    given = {name for name in fields if _flag(name) in flags}
     return resume_config(config, given)
 
 

@@ -92,6 +92,11 @@ def eval_table(result: dict) -> str:
         ("active_units", "active units", "{active_units} of {z_dim}"),
         ("mutual_info", "mutual info", "{mutual_info:.2f} nats"),
         (
+            "codes_used",
+            "codebook",
+            "{codes_used} of {codebook_size} codes used, perplexity {perplexity:.1f}",
+        ),
+        (
             "sparsity_kl",
             "mean activation",
             "{mean_activation_avg:.3f} (target "
