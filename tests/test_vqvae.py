@@ -293,6 +293,9 @@ def test_vqvae_trains_resumes_evaluates_plots_and_fits_priors(fake_data_dir, tmp
     uniform = json.loads((resumed.path / "priors" / "uniform" / "eval.json").read_text())
     assert uniform["test_code_nll"] == pytest.approx(49 * math.log(16), rel=1e-5)
     assert bounds["categorical"] > bounds["uniform"]  # fitted by maximum likelihood
+    assert main(["evaluate", str(resumed.path), "--iw-samples", "2", "--limit", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "codes used, perplexity" in printed and "| transformer-1 |" in printed
     prior = load_code_prior(resumed.path, "transformer-1")
     assert isinstance(prior, TransformerCodePrior) and len(prior.body.layers) == 1
 

@@ -6,6 +6,7 @@ Mistakes a user can make end in one line on stderr and exit code 2, never a trac
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
@@ -414,6 +415,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     result = evaluate_run(args.run_dir, args.iw_samples, args.limit, args.data_dir, args.corrupt)
     print(eval_table(result))
+    if (Path(args.run_dir) / "priors").is_dir():  # a VQ-VAE with priors fitted to its codes
+        from pyro_vae.runs.code_prior import prior_table
+
+        print(
+            f"\npriors fitted with pyro-vae fit-prior (full test set):\n{prior_table(args.run_dir)}"
+        )
 
 
 def _plot(args: argparse.Namespace) -> None:
