@@ -254,6 +254,7 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         base.limit_train,
         base.limit_test,
         base.seed,
+        base.seq_len,
     )
     rows = [_final_row(name, run, data.test) for name, run in runs.items()]
     markdown = _markdown(rows)

@@ -105,6 +105,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.val_size,
         help="training images held out for validation",
     )
+    data.add_argument(
+        "--seq-len",
+        type=int,
+        default=d.seq_len,
+        metavar="T",
+        help="frames per sequence of a sequence data set (moving-mnist)",
+    )
     data.add_argument("--limit-train", type=positive_int, default=None, metavar="N")
     data.add_argument("--limit-test", type=positive_int, default=None, metavar="N")
     model = parser.add_argument_group("model")
@@ -113,7 +120,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tuple(MODELS),
         default=d.model,
         help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior); "
-        "vqvae: VQ-VAE (discrete codes)",
+        "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist)",
     )
     model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
     model.add_argument(
@@ -160,6 +167,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SPEC",
         help=f"denoising: corrupt what the encoder sees in training: {CORRUPT_HELP}",
+    )
+    td = parser.add_argument_group("TD-VAE (--model tdvae --dataset moving-mnist)")
+    td.add_argument(
+        "--max-jump",
+        type=int,
+        default=d.max_jump,
+        metavar="J",
+        help="train on time pairs t1 < t2 at most J frames apart",
     )
     vq = parser.add_argument_group("VQ-VAE (--model vqvae; see docs/vqvae.md)")
     vq.add_argument("--codebook-size", type=int, default=d.codebook_size, metavar="K")

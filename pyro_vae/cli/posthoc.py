@@ -92,6 +92,13 @@ def eval_table(result: dict) -> str:
         ("active_units", "active units", "{active_units} of {z_dim}"),
         ("mutual_info", "mutual info", "{mutual_info:.2f} nats"),
         (
+            "rollout_bce_mean",
+            "rollouts",
+            "cross-entropy {rollout_bce_mean:.2f} nats/frame over horizons 1-{horizon} "
+            "(repeat last frame: {repeat_last_bce_mean:.2f}); direction right in "
+            "{direction_accuracy:.1%}",
+        ),
+        (
             "codes_used",
             "codebook",
             "{codes_used} of {codebook_size} codes used, perplexity {perplexity:.1f}",
@@ -113,7 +120,8 @@ def eval_table(result: dict) -> str:
         ("run folder", result["run"]),
         ("test images", f"{result['num_test']}  (checkpoint of epoch {result['epoch']})"),
     ]
-    lines += [(name, fmt.format(**result)) for key, name, fmt in rows if key in result]
+    values = result | {"horizon": len(result.get("rollout_bce", ()))}
+    lines += [(name, fmt.format(**values)) for key, name, fmt in rows if key in result]
     lines += [(f"{key} n/a", why) for key, why in result.get("not_applicable", {}).items()]
     lines.append(("seconds", f"{result['seconds']:.0f}"))
     return "\n".join(f"{name:<16} {value}" for name, value in lines)

@@ -15,6 +15,9 @@ Binarization (``--binarize``):
     evaluations compare.
   - ``static``: one binarization of every split, drawn from ``--seed``.
   - ``none``: keep intensities in [0, 1] (use a Gaussian likelihood, not Bernoulli).
+
+``moving-mnist`` is a data set of sequences (:mod:`pyro_vae.data.sequences`): MNIST digits moving
+by a pixel per frame, ``--seq-len`` frames each, stored flat as (N, T * 784).
 """
 
 import os
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.data.sequences import moving_digits
 from pyro_vae.errors import UserError
 
 __all__ = [
     "DATASETS",
+    "SEQUENCE_DATASETS",
     "BINARIZATIONS",
     "ImageData",
     "resolve_data_root",
@@ -36,7 +41,8 @@ __all__ = [
     "minibatches",
 ]
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "moving-mnist")
+SEQUENCE_DATASETS = ("moving-mnist",)
 BINARIZATIONS = ("dynamic", "static", "none")
 ENV_VAR = "PYRO_VAE_DATA_DIR"
 # Fixed seed for binarizing held-out splits under dynamic binarization: the same test set for
@@ -61,7 +67,7 @@ def resolve_data_root(data_dir: str | None = None) -> tuple[Path, bool]:
 def _torchvision_class(name: str):
     from torchvision import datasets  # imported lazily: torchvision is slow to import
 
-    if name == "mnist":
+    if name in ("mnist", "moving-mnist"):
         return datasets.MNIST
     if name == "fashion-mnist":
         return datasets.FashionMNIST
@@ -108,10 +114,16 @@ class ImageData:
     image_shape: tuple[int, int]
     binarize: str
     test_labels: torch.Tensor | None = None  # class of each test image, for figures
+    seq_len: int = 1  # frames per data point: 1 for images, T for a data set of sequences
 
     @property
     def data_dim(self) -> int:
         return self.train.shape[1]
+
+    @property
+    def frame_dim(self) -> int:
+        """Pixels per frame (per image, for a data set of images)."""
+        return self.data_dim // self.seq_len
 
     def train_epoch(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training tensor for one epoch: freshly binarized when binarization is dynamic."""
@@ -137,10 +149,13 @@ def load_data(
     limit_train: int | None = None,
     limit_test: int | None = None,
     seed: int = 0,
+    seq_len: int = 20,
 ) -> ImageData:
     """Load a data set, hold out ``val_size`` training images, subsample, and binarize.
 
-    Subsampling and the validation split are random but fixed by ``seed``.
+    Subsampling and the validation split are random but fixed by ``seed``. For a data set of
+    sequences, each image becomes a sequence of ``seq_len`` frames after subsampling, with
+    directions drawn from ``seed`` (training and validation) and from a fixed seed (test).
     """
     if binarize not in BINARIZATIONS:
         choices = ", ".join(BINARIZATIONS)
@@ -158,6 +173,12 @@ def load_data(
     if limit_test is not None:
         keep = torch.randperm(test.shape[0], generator=g)[:limit_test]
         test, test_labels = test[keep], test_labels[keep]
+    if dataset in SEQUENCE_DATASETS:
+        train, _ = moving_digits(train, seq_len, g)
+        val = moving_digits(val, seq_len, g)[0] if val is not None else None
+        test, _ = moving_digits(
+            test, seq_len, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+        )
     if binarize != "none":
         # Held-out splits get one fixed binarization; static binarizes the training set too.
         eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
@@ -172,6 +193,7 @@ def load_data(
         image_shape=(28, 28),
         binarize=binarize,
         test_labels=test_labels,
+        seq_len=seq_len if dataset in SEQUENCE_DATASETS else 1,
     )
 
 

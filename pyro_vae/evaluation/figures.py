@@ -19,6 +19,8 @@
   the reconstructions from the corrupted copies.
 - ``codebook_usage.png`` (VQ-VAEs): how many test grid positions chose each code, codes sorted
   by use, with the perplexity.
+- ``rollouts.png`` (sequence models): for a few test sequences, the true frames after the
+  context above sampled rollouts, and a jumpy rollout.
 - ``sparsity.png`` (sparse autoencoders): each code unit's mean activation on the test images
   against the target.
 
@@ -54,6 +56,7 @@ __all__ = [
     "plot_denoising",
     "plot_sparsity",
     "plot_codebook_usage",
+    "plot_rollouts",
     "FIGURES",
     "write_figures",
 ]
@@ -308,6 +311,30 @@ def plot_codebook_usage(vae: LatentModel, test: torch.Tensor, path: Path) -> Non
     plt.close(fig)
 
 
+def plot_rollouts(
+    model: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 3
+) -> None:
+    """For ``n`` test sequences: the last context frame and the true future, then three sampled
+    rollouts (one transition per frame) and a jumpy one (one transition per ``max_jump``
+    frames, shown at its frames; blank between)."""
+    d, t = model.frame_dim, model.seq_len
+    context, jump = t // 2, model.max_jump
+    x = test[:n].to(_device(model))
+    past, future = x[:, : context * d], x[:, context * d :].reshape(n, t - context, d)
+    rollouts = model.rollout(past, t - context, samples=3)  # (3, n, H, d)
+    jumpy = torch.ones(n, t - context, d, device=x.device)
+    if t - context >= jump:
+        jumpy[:, jump - 1 :: jump] = model.rollout(past, (t - context) // jump, 1, jump)[0]
+    last = past[:, -d:]
+    rows = []
+    for i in range(n):
+        for frames_ in (future[i], *rollouts[:, i], jumpy[i]):
+            rows.append(torch.cat([last[i : i + 1], frames_]))
+    grid = image_grid(torch.cat(rows).cpu(), rows=5 * n, image_shape=image_shape)
+    title = "per sequence: truth, 3 rollouts, jumpy rollout (first column: last observed frame)"
+    _save_grid(grid, title, path)
+
+
 #: figure name (as models list them in ``model.figures``) -> fn(model, test, labels, path, shape)
 FIGURES: dict[str, Callable] = {
     "reconstructions": lambda m, x, y, path, shape: plot_reconstructions(m, x, path, shape),
@@ -319,6 +346,7 @@ FIGURES: dict[str, Callable] = {
     "denoising": lambda m, x, y, path, shape: plot_denoising(m, x, path, shape),
     "sparsity": lambda m, x, y, path, shape: plot_sparsity(m, x, path),
     "codebook_usage": lambda m, x, y, path, shape: plot_codebook_usage(m, x, path),
+    "rollouts": lambda m, x, y, path, shape: plot_rollouts(m, x, path, shape),
 }
 
 

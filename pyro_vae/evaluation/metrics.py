@@ -11,6 +11,8 @@
 - :func:`sparsity_metrics`: each code unit's mean activation against the sparse autoencoder's
   target, and the penalty's KL.
 - :func:`denoising_metrics`: the reconstruction metrics from corrupted inputs (fixed noise seed).
+- :func:`~pyro_vae.evaluation.rollouts.rollout_metrics`: a sequence model's predictions of
+  future frames against the truth and a baseline.
 - :func:`codebook_metrics`: a VQ-VAE's codebook usage: codes used and the perplexity of the
   code assignments.
 
@@ -33,6 +35,7 @@ from pyro_vae import distributed
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.mutual_info import mutual_information
+from pyro_vae.evaluation.rollouts import rollout_metrics
 from pyro_vae.infer.traces import log_densities
 from pyro_vae.models.autoencoders import sparsity_kl
 from pyro_vae.models.base import LatentModel
@@ -229,6 +232,7 @@ METRICS: dict[str, Callable[[LatentModel, torch.Tensor, int], dict]] = {
     "sparsity": lambda model, x, k: sparsity_metrics(model, x),
     "denoising": lambda model, x, k: denoising_metrics(model, x),
     "codebook": lambda model, x, k: codebook_metrics(model, x),
+    "rollouts": lambda model, x, k: rollout_metrics(model, x),
 }
 
 

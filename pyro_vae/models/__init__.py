@@ -6,6 +6,7 @@
 - :mod:`~pyro_vae.models.vqvae`: the VQ-VAE (``--model vqvae``), with
   :mod:`~pyro_vae.models.codebook` and the priors over its codes
   :mod:`~pyro_vae.models.code_priors`
+- :mod:`~pyro_vae.models.tdvae`: the TD-VAE, a model of sequences (``--model tdvae``)
 - :mod:`~pyro_vae.models.priors`, :mod:`~pyro_vae.models.likelihoods`,
   :mod:`~pyro_vae.models.networks`, :mod:`~pyro_vae.models.corruption`: the parts
 
@@ -16,9 +17,15 @@ and one line below.
 
 from pyro_vae.models.autoencoders import Autoencoder
 from pyro_vae.models.base import LatentModel
+from pyro_vae.models.tdvae import TDVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.models.vqvae import VQVAE
 
 __all__ = ["MODELS", "LatentModel"]
 
-MODELS: dict[str, type[LatentModel]] = {"vae": VAE, "ae": Autoencoder, "vqvae": VQVAE}
+MODELS: dict[str, type[LatentModel]] = {
+    "vae": VAE,
+    "ae": Autoencoder,
+    "vqvae": VQVAE,
+    "tdvae": TDVAE,
+}

@@ -74,6 +74,7 @@ class LatentModel(nn.Module):
     metrics: tuple[str, ...] = ()
     not_applicable: dict[str, str] = {}
     own_fields: tuple[str, ...] = ()
+    sequences: bool = False  # a model of sequences (flat (N, T * D) data) rather than images
 
     # --- the run system ------------------------------------------------------------------
     @classmethod

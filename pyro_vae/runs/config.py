@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.data.images import BINARIZATIONS, DATASETS
+from pyro_vae.data.images import BINARIZATIONS, DATASETS, SEQUENCE_DATASETS
 from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
@@ -41,6 +41,7 @@ class TrainConfig:
     val_size: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
+    seq_len: int = 20  # frames per sequence of a sequence data set (moving-mnist)
     # model
     model: str = "vae"  # a name in pyro_vae.models.MODELS: vae | ae
     z_dim: int = 50
@@ -57,6 +58,7 @@ class TrainConfig:
     commitment: float = 0.25  # beta, the commitment loss's weight
     codebook_update: str = "loss"  # loss | ema (pyro_vae/models/codebook.py)
     restart_codes: bool = True  # restart dead codes at encoder outputs
+    max_jump: int = 4  # TD-VAE: largest t2 - t1 of a training time pair
     # objective and optimisation
     elbo: str = "trace"
     num_particles: int = 1
@@ -159,6 +161,20 @@ class TrainConfig:
         if self.sparsity is None and self.sparsity_weight != TrainConfig.sparsity_weight:
             raise UserError("--sparsity-weight weighs the penalty of --sparsity RHO; give both")
         self._check_model_fields()
+        sequences = self.dataset in SEQUENCE_DATASETS
+        if not sequences and self.seq_len != TrainConfig.seq_len:
+            raise UserError(
+                f"--seq-len applies to a sequence data set ({', '.join(SEQUENCE_DATASETS)})"
+            )
+        if sequences and self.seq_len < 2:
+            raise UserError(f"--seq-len must be at least 2 frames, got {self.seq_len}")
+        if sequences != MODELS[self.model].sequences:
+            kind = "sequences" if sequences else "images"
+            fits = [name for name, m in MODELS.items() if m.sequences == sequences]
+            raise UserError(
+                f"--model {self.model} does not model {kind} (--dataset {self.dataset}); "
+                f"use --model {' | '.join(fits) or '(none installed)'}"
+            )
         MODELS[self.model].check_config(self)
         if self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(

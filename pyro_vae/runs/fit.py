@@ -80,6 +80,7 @@ def setup(
         config.limit_train,
         config.limit_test,
         config.seed,
+        config.seq_len,
     )
     vae = _build(config, data.data_dim, prior, data.image_shape)
     _check_data(vae, data)
@@ -303,7 +304,8 @@ def heldout_columns(
     train: torch.Tensor | None = None,
 ) -> dict:
     """``test_iwae``, ``active_units``, ``mutual_info`` (a VQ-VAE's ``codes_used`` and
-    ``perplexity`` instead of the latter two) on the first ``eval_limit`` test images
+    ``perplexity`` instead of the latter two; a sequence model's ``rollout_bce`` and
+    ``direction_accuracy``) on the first ``eval_limit`` test images
     (and ``train_iwae`` on ``train``, training images as evaluation sees them) every
     ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
 
@@ -316,6 +318,8 @@ def heldout_columns(
         "mutual_info": "mutual_info",
         "codes_used": "codes_used",
         "perplexity": "perplexity",
+        "rollout_bce": "rollout_bce_mean",
+        "direction_accuracy": "direction_accuracy",
     }
     if not evaluation_due(config, epoch):
         return {**dict.fromkeys(columns), "train_iwae": None}
@@ -408,6 +412,7 @@ def load_run(
         config.limit_train,
         config.limit_test,
         config.seed,
+        config.seq_len,
     )
     try:
         vae.codes(data.test[:1])

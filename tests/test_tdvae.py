@@ -1,0 +1,201 @@
+"""TD-VAE on moving digits: the data, the loss against the paper's formula, rollouts, training,
+EM's frozen sides, resume, and bad input."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import EMTrainer, SVITrainer, TrainConfig, fit, make_objective
+from pyro_vae.cli.main import main
+from pyro_vae.cli.posthoc import evaluate_run, plot_run
+from pyro_vae.data.images import load_data
+from pyro_vae.data.sequences import frames, motion_direction, moving_digits
+from pyro_vae.models.likelihoods import BernoulliLikelihood
+from pyro_vae.models.tdvae import TDVAE, time_pairs
+from pyro_vae.runs.folder import Run
+
+T, J, Z, H = 6, 2, 3, 16
+
+
+def small_tdvae() -> TDVAE:
+    return TDVAE(784, T, Z, H, H, J, BernoulliLikelihood())
+
+
+def sequences(n: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    digits = torch.rand(n, 784, generator=g) * (torch.rand(n, 784, generator=g) < 0.2)
+    return torch.bernoulli(moving_digits(digits, T, g)[0], generator=g)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def test_moving_digits_shift_by_exactly_one_pixel_per_frame_and_wrap_around():
+    images = torch.rand(40, 784)
+    x, direction = moving_digits(images, 20, torch.Generator().manual_seed(3))
+    assert x.shape == (40, 20 * 784) and set(direction.tolist()) == {-1, 1}
+    seq = frames(x, 784).reshape(40, 20, 28, 28)
+    assert torch.equal(seq[:, 0], images.reshape(40, 28, 28))  # the digit where MNIST has it
+    for i in range(40):
+        for t in range(1, 20):
+            assert torch.equal(seq[i, t], torch.roll(seq[i, t - 1], int(direction[i]), dims=-1))
+    assert torch.equal(motion_direction(seq[:, 0].flatten(1), seq[:, 1].flatten(1)), direction)
+
+
+def test_moving_digits_are_deterministic_under_a_seed():
+    images = torch.rand(10, 784)
+    a = moving_digits(images, 5, torch.Generator().manual_seed(1))
+    b = moving_digits(images, 5, torch.Generator().manual_seed(1))
+    c = moving_digits(images, 5, torch.Generator().manual_seed(2))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[1], c[1])
+
+
+def test_moving_mnist_comes_from_mnists_own_split(fake_data_dir):
+    data = load_data("moving-mnist", str(fake_data_dir), "dynamic", limit_train=30, seq_len=7)
+    assert data.train.shape == (30, 7 * 784) and data.test.shape == (200, 7 * 784)
+    assert data.seq_len == 7 and data.frame_dim == 784
+    again = load_data("moving-mnist", str(fake_data_dir), "dynamic", limit_train=30, seq_len=7)
+    assert torch.equal(data.test, again.test) and torch.equal(data.train, again.train)
+
+
+# --- the loss ---------------------------------------------------------------------------------
+
+
+def test_trace_elbo_is_the_td_vae_loss_written_by_hand():
+    model, x = small_tdvae(), sequences()
+    pairs, _ = time_pairs(T, J)
+    torch.manual_seed(5)
+    loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
+    torch.manual_seed(5)  # the guide runs first in Trace_ELBO: the same pair and noise
+    trace = pyro.poutine.trace(model.guide).get_trace(x)
+    pair, z2, z1 = (trace.nodes[name]["value"] for name in ("pair", "z2", "z1"))
+    t1, t2 = pairs[pair].unbind(-1)
+    b = model.beliefs(x)
+    rows = torch.arange(len(x))
+    b1, b2 = b[rows, t1], b[rows, t2]
+    jump = ((t2 - t1).float() / J)[:, None]
+    x2 = frames(x, 784)[rows, t2]
+    by_hand = (
+        model.likelihood(model.decoder(z2)).log_prob(x2)
+        + model.belief(b1).log_prob(z1)
+        + model.transition(torch.cat([z1, jump], -1)).log_prob(z2)
+        - model.belief(b2).log_prob(z2)
+        - model.smoothing(torch.cat([z2, b1, b2, jump], -1)).log_prob(z1)
+    ).sum()
+    assert loss.item() == pytest.approx(-by_hand.item(), rel=1e-5)
+
+
+def test_time_pairs_cover_every_jump_with_its_probability():
+    pairs, probs = time_pairs(T, J)
+    assert probs.sum().item() == pytest.approx(1.0)
+    jumps = pairs[:, 1] - pairs[:, 0]
+    assert set(jumps.tolist()) == set(range(1, J + 1)) and (pairs[:, 1] < T).all()
+    for j in range(1, J + 1):
+        assert probs[jumps == j].sum().item() == pytest.approx(1 / J)
+
+
+# --- rollouts and training ------------------------------------------------------------------
+
+
+def test_rollouts_have_the_right_shapes_and_stay_probabilities():
+    model, x = small_tdvae(), sequences()
+    out = model.rollout(x[:4, : 3 * 784], steps=3, samples=5)
+    assert out.shape == (5, 4, 3, 784) and out.min() >= 0 and out.max() <= 1
+    assert model.rollout(x[:4, : 3 * 784], steps=1, samples=2, jump=J).shape == (2, 4, 1, 784)
+
+
+@pytest.mark.parametrize("algo", ["svi", "em"])
+def test_training_lowers_the_loss_on_a_tiny_sequence_set(algo):
+    model, x = small_tdvae(), sequences(48)
+    objective = make_objective("trace")
+    if algo == "svi":
+        trainer = SVITrainer(model, objective, lr=3e-3)
+    else:
+        trainer = EMTrainer(model, objective, e_rule="fixed", e_steps=2, e_lr=3e-3, m_lr=3e-3)
+    losses = [trainer.train_epoch(x, 12, check=False) for _ in range(8)]
+    assert sum(losses[-2:]) < sum(losses[:2]) - 20
+
+
+def test_em_freezes_each_side_of_the_td_vae_bitwise():
+    model, x = small_tdvae(), sequences()
+    trainer = EMTrainer(model, make_objective("trace"), e_rule="fixed", e_steps=2)
+    theta = [p.clone() for p in model.model_parameters()]
+    trainer.e_step(x)
+    assert all(torch.equal(a, b) for a, b in zip(theta, model.model_parameters(), strict=True))
+    phi = [p.clone() for p in model.guide_parameters()]
+    trainer.m_step(x)
+    assert all(torch.equal(a, b) for a, b in zip(phi, model.guide_parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(theta, model.model_parameters(), strict=True))
+
+
+# --- the run system ------------------------------------------------------------------------
+
+
+def td_config(data_dir, out, **kwargs) -> TrainConfig:
+    settings = dict(
+        model="tdvae",
+        dataset="moving-mnist",
+        seq_len=8,
+        max_jump=2,
+        z_dim=4,
+        hidden_dims=(32,),
+        data_dir=str(data_dir),
+        limit_train=120,
+        limit_test=40,
+        batch_size=40,
+        epochs=2,
+        eval_every=1,
+        out=str(out),
+        quiet=True,
+    )
+    return TrainConfig(**(settings | kwargs))
+
+
+@pytest.mark.slow
+def test_td_vae_trains_resumes_exactly_evaluates_and_plots(fake_data_dir, tmp_path):
+    straight = fit(td_config(fake_data_dir, tmp_path / "straight", epochs=3))
+    fit(td_config(fake_data_dir, tmp_path / "resumed"))
+    pyro.clear_param_store()
+    resumed = fit(
+        td_config(fake_data_dir, tmp_path / "resumed", epochs=3, resume=str(tmp_path / "resumed"))
+    )
+    a, b = Run(straight.path).load_checkpoint(), Run(resumed.path).load_checkpoint()
+    assert all(torch.equal(v, b["vae"][k]) for k, v in a["vae"].items())
+    row = resumed.read_metrics()[-1]
+    assert math.isfinite(row["test_elbo"]) and 0 <= row["direction_accuracy"] <= 1
+    result = evaluate_run(resumed.path, iw_samples=2, limit=20)
+    assert len(result["rollout_bce"]) == 4 and len(result["repeat_last_bce"]) == 4
+    assert len(result["jumpy_bce"]) == 2
+    assert {"log_likelihood", "active_units"} <= set(result["not_applicable"])
+    assert {p.name for p in plot_run(resumed.path)} == {"rollouts.png", "curves.png"}
+
+
+BAD = [
+    (
+        ["--model", "tdvae", "--dataset", "moving-mnist", "--seq-len", "3", "--max-jump", "3"],
+        "--seq-len 3 is too short for --max-jump 3",
+    ),
+    (
+        ["--model", "tdvae", "--dataset", "moving-mnist", "--max-jump", "0"],
+        "--max-jump must be at least 1",
+    ),
+    (["--model", "tdvae"], "--model tdvae does not model images (--dataset mnist)"),
+    (["--dataset", "moving-mnist"], "--model vae does not model sequences"),
+    (["--seq-len", "10"], "--seq-len applies to a sequence data set"),
+    (["--max-jump", "2"], "--max-jump applies to --model tdvae"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD)
+def test_bad_td_vae_flags_give_one_line_and_exit_2(capsys, fake_data_dir, tmp_path, flags, message):
+    argv = ["train", *flags, "--data-dir", str(fake_data_dir), "--quiet", "--out", str(tmp_path)]
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "config.json").exists()
