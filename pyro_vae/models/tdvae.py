@@ -135,6 +135,7 @@ class TDVAE(LatentModel):
         pairs, probs = time_pairs(seq_len, max_jump)
         self.register_buffer("pairs", pairs, persistent=False)
         self.register_buffer("pair_probs", probs, persistent=False)
+        self._guide_beliefs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.figures = ("rollouts",)
         self.metrics = ("elbo", "rollouts")
         self.not_applicable = dict(NOT_APPLICABLE)
@@ -189,6 +190,13 @@ class TDVAE(LatentModel):
         b, _ = self.lstm(self.embedding(frames(x, self.frame_dim)))
         return b
 
+    def _shared_beliefs(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's beliefs: those the guide just computed for this very ``x`` (Pyro's ELBOs
+        and :mod:`pyro_vae.infer.traces` run the guide first, with no update in between), used
+        once; otherwise computed afresh. Saves one LSTM pass per step."""
+        cached, self._guide_beliefs = self._guide_beliefs, None
+        return cached[1] if cached is not None and cached[0] is x else self.beliefs(x)
+
     def _pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The time pair site (inside the data plate): t1, t2 and the jump feature (..., B, 1)."""
         index = pyro.sample("pair", dist.Categorical(probs=self.pair_probs))
@@ -200,7 +208,7 @@ class TDVAE(LatentModel):
         for name in ("transition", "decoder", "likelihood"):
             if any(True for _ in getattr(self, name).parameters()):
                 pyro.module(name, getattr(self, name))
-        b = self.beliefs(x)
+        b = self._shared_beliefs(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             t1, t2, jump = self._pair(x)
             z1 = pyro.sample("z1", self.belief(_at(b, t1)))
@@ -213,6 +221,7 @@ class TDVAE(LatentModel):
         for name in ("embedding", "lstm", "belief", "smoothing"):
             pyro.module(name, getattr(self, name))
         b = self.beliefs(x)
+        self._guide_beliefs = (x, b)
         with pyro.plate("data", x.shape[0], dim=-1):
             t1, t2, jump = self._pair(x)
             b1, b2 = _at(b, t1), _at(b, t2)
