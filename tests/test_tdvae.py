@@ -1,7 +1,11 @@
 """TD-VAE on moving digits: the data, the loss against the paper's formula, rollouts, training,
 EM's frozen sides, resume, and bad input."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pyro
 import pytest
@@ -171,6 +175,15 @@ def test_td_vae_trains_resumes_exactly_evaluates_and_plots(fake_data_dir, tmp_pa
     assert len(result["jumpy_bce"]) == 2
     assert {"log_likelihood", "active_units"} <= set(result["not_applicable"])
     assert {p.name for p in plot_run(resumed.path)} == {"rollouts.png", "curves.png"}
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tdvae_rollouts.py"
+    command = [sys.executable, str(example), str(resumed.path), "--vae-epochs", "1"]
+    command += ["--vae-sequences", "20", "--limit", "10", "--samples", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 4 |" in done.stdout and "true direction" in done.stdout
+    saved = json.loads((resumed.path / "rollouts.json").read_text())
+    assert len(saved["frame_model_bce"]) == 4
 
 
 BAD = [

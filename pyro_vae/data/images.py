@@ -92,7 +92,8 @@ def load_images(name: str, train: bool, data_dir: str | None = None, labels: boo
     except RuntimeError as exc:
         if "not found" in str(exc).lower():
             raise UserError(f"no {name} files under {where}; {hint}") from None
-        raise UserError(f"could not read {name} from {where} ({exc}); {hint}") from None
+        reason = str(exc).splitlines()[0].rstrip(":")
+        raise UserError(f"could not read {name} from {where} ({reason}); {hint}") from None
     except (OSError, ValueError, AssertionError) as exc:
         action = "download" if may_download else "read"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -11,6 +11,9 @@ its binary cross-entropy summed over pixels, nats per frame, for horizons 1..H:
   predictions), at horizons J, 2J, ...;
 - ``repeat_last_bce``: the baseline that predicts the last observed frame forever, smoothed to
   eps + (1 - 2 eps) x so that its cross-entropy is finite (eps = 0.01);
+- ``frame_model_bce`` (given a ``frame_model``, any image model such as a VAE trained on the
+  frames): the model with no belief and no dynamics, predicting its reconstruction of the last
+  observed frame at every horizon;
 - ``direction_accuracy``: the fraction of rollouts whose first predicted frame matches the last
   observed frame moved in the true direction better than moved in the other
   (:func:`~pyro_vae.data.sequences.motion_direction`).
@@ -40,13 +43,14 @@ def rollout_metrics(
     context: int | None = None,
     samples: int = 5,
     batch_size: int = 500,
+    frame_model: LatentModel | None = None,
 ) -> dict:
     """The numbers of the module docstring on flat sequences ``x`` (N, T * frame_dim); lists are
     indexed by horizon - 1 (``jumpy_bce``: by step)."""
     d, t = model.frame_dim, model.seq_len
     context = context or t // 2
     horizon, jump = t - context, model.max_jump
-    sums = {"rollout": 0.0, "repeat": 0.0, "jumpy": 0.0, "direction": 0.0}
+    sums = {"rollout": 0.0, "repeat": 0.0, "jumpy": 0.0, "direction": 0.0, "frame": 0.0}
     was_training = model.training
     model.eval()
     for start in range(0, x.shape[0], batch_size):
@@ -61,12 +65,17 @@ def rollout_metrics(
             jumpy = model.rollout(past, horizon // jump, samples, jump=jump)
             targets = future[:, jump - 1 :: jump][:, : horizon // jump]
             sums["jumpy"] = sums["jumpy"] + frame_cross_entropy(jumpy, targets).mean(0).sum(0)
+        if frame_model is not None:
+            frame_model.eval()
+            same = frame_model.reconstruct(last)[:, None]
+            sums["frame"] = sums["frame"] + frame_cross_entropy(same, future).sum(0)
         truth = motion_direction(last, future[:, 0])
         guessed = motion_direction(last, predicted[:, :, 0])
         sums["direction"] += (guessed == truth).double().mean(0).sum().item()
     model.train(was_training)
     n = x.shape[0]
-    return {
+    frame = {} if frame_model is None else {"frame_model_bce": (sums["frame"] / n).tolist()}
+    return frame | {
         "rollout_context": context,
         "rollout_samples": samples,
         "rollout_bce": (sums["rollout"] / n).tolist(),
