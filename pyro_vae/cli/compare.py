@@ -40,6 +40,7 @@ from pyro_vae.evaluation.metrics import (  # noqa: E402
     reconstruction_metrics,
 )
 from pyro_vae.evaluation.mutual_info import mutual_information  # noqa: E402
+from pyro_vae.evaluation.rollouts import rollout_metrics  # noqa: E402
 from pyro_vae.models import MODELS, LatentModel  # noqa: E402
 from pyro_vae.runs.config import TrainConfig  # noqa: E402
 from pyro_vae.runs.fit import fit, load_vae  # noqa: E402
@@ -76,6 +77,13 @@ EVALUATIONS: dict[str, tuple[tuple[str, ...], Callable[[LatentModel, torch.Tenso
     "reconstruction": (("recon_at_code", "sq_error"), reconstruction_metrics),
     "active_units": (("active_units",), lambda m, x: {"active_units": active_units(m, x)}),
     "mutual_info": (("mutual_info",), lambda m, x: {"mutual_info": mutual_information(m, x)}),
+    "rollouts": (
+        ("rollout_bce", "direction_accuracy"),
+        lambda m, x: {
+            "rollout_bce": (r := rollout_metrics(m, x))["rollout_bce_mean"],
+            "direction_accuracy": r["direction_accuracy"],
+        },
+    ),
     "codebook": (
         ("codes_used", "perplexity"),
         lambda m, x: {k: v for k, v in codebook_metrics(m, x).items() if k != "codebook_size"},
@@ -202,6 +210,12 @@ def plot_comparison(
     plt.close(fig)
 
 
+def _drop_empty_columns(rows: list[dict]) -> list[dict]:
+    """The rows without the columns that are blank in every row (metrics of no model here)."""
+    keep = [k for k in rows[0] if any(_cell(r[k]) != "n/a" for r in rows)]
+    return [{k: r[k] for k in keep} for r in rows]
+
+
 def _final_row(name: str, run: Run, test: torch.Tensor) -> dict:
     metrics = run.read_metrics()
     last = metrics[-1]
@@ -256,7 +270,7 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         base.seed,
         base.seq_len,
     )
-    rows = [_final_row(name, run, data.test) for name, run in runs.items()]
+    rows = _drop_empty_columns([_final_row(name, run, data.test) for name, run in runs.items()])
     markdown = _markdown(rows)
     paths = root / "comparison.png", root / "comparison.csv", root / "comparison.md"
     curves = {name: run.read_metrics() for name, run in runs.items()}
