@@ -65,3 +65,12 @@ def test_evaluation_benchmark_runs_in_its_quickest_mode():
     )
     assert proc.returncode == 0, proc.stderr
     assert "| 20 |" in proc.stdout and "peak resident memory" in proc.stdout
+
+
+@pytest.mark.slow
+def test_models_benchmark_runs_in_its_quickest_mode():
+    script = ROOT / "benchmarks" / "bench_models.py"
+    command = [sys.executable, str(script), "--rounds", "1", "--steps", "1", "--threads", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| VQ-VAE stage 2, transformer prior step |" in proc.stdout and "TD-VAE" in proc.stdout
