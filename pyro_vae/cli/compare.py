@@ -172,8 +172,16 @@ def plot_comparison(
 ) -> None:
     """Test ELBO (top) and the estimated log p(x) on training and test images (bottom, at the
     evaluated epochs) against cumulative training seconds and against epochs / training
-    examples seen (``num_train`` per epoch)."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
+    examples seen (``num_train`` per epoch). Without any estimate of log p(x) (models with no
+    IWAE bound), the top row alone."""
+    has_iwae = any(
+        math.isfinite(m.get(column, math.nan))
+        for metrics in curves.values()
+        for m in metrics
+        for column in ("train_iwae", "test_iwae")
+    )
+    rows = 2 if has_iwae else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.75 * rows + 0.2), sharey="row", squeeze=False)
     for i, (name, metrics) in enumerate(curves.items()):
         color = f"C{i}"
         seconds = _cumulative_seconds(metrics)
@@ -187,7 +195,7 @@ def plot_comparison(
             points = [(x, y) for x, y in points if math.isfinite(y)]
             if points:
                 ax.plot(*zip(*points, strict=True), style, color=color, label=label)
-        for column, style in (("train_iwae", "o-"), ("test_iwae", "s--")):
+        for column, style in (("train_iwae", "o-"), ("test_iwae", "s--")) if has_iwae else ():
             for ax, xs in zip(axes[1], (seconds, seen), strict=True):
                 points = [(x, m.get(column, math.nan)) for x, m in zip(xs, metrics, strict=True)]
                 points = [(x, y) for x, y in points if math.isfinite(y)]
@@ -195,14 +203,15 @@ def plot_comparison(
                     label = f"{name} {column.split('_')[0]}"
                     ax.plot(*zip(*points, strict=True), style, color=color, label=label)
     axes[0, 0].set_ylabel("test ELBO (nats per data point)\n(dashed: log p(x|f(x)), no ELBO)")
-    axes[1, 0].set_ylabel("estimated log p(x) (IWAE bound)")
     for ax in axes[:, 0]:
         ax.set_xlabel("training seconds (wall clock)")
     axes[0, 1].set_xlabel("epoch")
-    axes[1, 1].set_xlabel("training examples seen" if num_train else "epoch")
+    if has_iwae:
+        axes[1, 0].set_ylabel("estimated log p(x) (IWAE bound)")
+        axes[1, 1].set_xlabel("training examples seen" if num_train else "epoch")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    for ax, size in ((axes[0, 1], None), (axes[1, 1], "small")):
+    for ax, size in ((axes[0, 1], None), (axes[-1, 1], "small")):
         if ax.get_legend_handles_labels()[0]:  # nothing to label without held-out bounds
             ax.legend(fontsize=size)
     fig.tight_layout()
