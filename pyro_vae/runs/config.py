@@ -43,7 +43,7 @@ class TrainConfig:
     limit_test: int | None = None
     seq_len: int = 20  # frames per sequence of a sequence data set (moving-mnist)
     # model
-    model: str = "vae"  # a name in pyro_vae.models.MODELS: vae | ae
+    model: str = "vae"  # a name in pyro_vae.models.MODELS: vae | ae | vqvae | tdvae
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
     likelihood: str = "bernoulli"
