@@ -28,6 +28,7 @@ after ``backward`` is what DDP computes, for any group.
 """
 
 import atexit
+import datetime
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -77,8 +78,19 @@ def init_from_env(device: str = "cpu") -> None:
 
 
 def _shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait until every rank is done (at most 30 s, so a rank that died cannot hold the
+    others), then destroy the process group while the interpreter is still whole. Without the
+    wait, a rank could tear down its connections while a peer's gloo threads still finish the
+    last collective, which now and then aborts the peer (SIGABRT, "terminate called without an
+    active exception") after a run that otherwise completed."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+        except RuntimeError:
+            pass  # a rank has gone: nothing left to wait for
+    dist.destroy_process_group()
 
 
 def active() -> bool:

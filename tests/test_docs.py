@@ -54,3 +54,21 @@ def test_public_functions_and_classes_have_docstrings():
         and not inspect.getdoc(obj)
     ]
     assert not missing, missing
+
+
+def test_files_the_docs_name_exist():
+    """Repository paths written in backticks in README.md and docs/*.md (``docs/x.md``,
+    ``examples/x.py``, ``pyro_vae/a/b.py``, ``benchmarks/x.py``) and the targets of their links
+    and images exist, so a renamed or missing file fails here instead of misleading a reader."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(
+        r"`((?:docs/|examples/|pyro_vae/|benchmarks/|tests/)[\w/.-]+\.(?:md|py|png))"
+        r"|\]\(((?:docs/|figures/)[\w/.-]+\.(?:md|png))"  # links and images
+    )
+    missing = []
+    for path in [root / "README.md", *DOCS]:
+        for name in (a or b for a, b in pattern.findall(path.read_text())):
+            base = path.parent if name.startswith("figures/") else root
+            if not (base / name).exists():
+                missing.append(f"{path.name}: {name}")
+    assert not missing, missing

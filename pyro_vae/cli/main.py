@@ -324,10 +324,16 @@ def parse_train_config(
     algo: str = "svi",
 ) -> TrainConfig:
     """Parse training flags (as the examples do) into a :class:`TrainConfig`; ``algo`` is the
-    default of ``--algo``."""
+    default of ``--algo``. Like argparse on a bad flag, a configuration that cannot be resumed
+    (``--resume`` of a folder that is no run, or a flag that conflicts with the saved run) ends
+    the program with one line and exit code 2."""
     parser = train_parser(prog, description)
     parser.set_defaults(algo=algo)
-    return config_from_args(parser.parse_args(argv), argv)
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args, argv)
+    except UserError as exc:
+        parser.exit(exc.exit_code, f"{parser.prog}: error: {exc}\n")
 
 
 def run_cli(job: Callable[[], object]) -> int:

@@ -156,8 +156,14 @@ def principal_axes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 def plot_manifold(
     vae: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 15
 ) -> None:
-    """Decode an n x n grid of standard-normal quantiles (z_dim = 2) or a principal plane."""
+    """Decode an n x n grid of standard-normal quantiles (z_dim = 2) or a principal plane; for
+    z_dim = 1 a strip of n quantiles."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.5 / n, 1 - 0.5 / n, n))
+    if _posterior_means(vae, test[:1]).shape[1] == 1:
+        images = vae.decode_mean(q[:, None].to(_device(vae))).cpu()
+        title = "latent manifold: z at N(0, 1) quantiles"
+        _save_grid(image_grid(images, rows=1, image_shape=image_shape), title, path)
+        return
     # rows run top to bottom from high to low values of the second coordinate, like a plot
     a, b = torch.meshgrid(-q, q, indexing="ij")
     grid = torch.stack([b.reshape(-1), a.reshape(-1)], dim=1)
@@ -183,6 +189,9 @@ def plot_latent(
         points = (z - centre) @ axes.T
         share = spread.pow(2) / z.var(0).sum()
         xlabel, ylabel = (f"PC{i + 1} ({100 * float(share[i]):.0f}% of variance)" for i in (0, 1))
+    elif z.shape[1] == 1:  # a 1-D latent: its value against the class (or a spread)
+        rows = labels[:limit].float() if labels is not None else torch.rand(len(z))
+        points, xlabel, ylabel = torch.cat([z, rows[:, None]], 1), "z", "class"
     else:
         points, xlabel, ylabel = z, "z1", "z2"
     fig, ax = plt.subplots(figsize=(6.2, 5.2))

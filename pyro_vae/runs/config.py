@@ -24,9 +24,12 @@ from pyro_vae.models.likelihoods import LIKELIHOODS, parse_gaussian_scale
 from pyro_vae.models.networks import ARCHS
 from pyro_vae.models.priors import parse_prior_spec
 
-__all__ = ["TrainConfig", "ALGOS"]
+__all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE"]
 
 ALGOS = ("svi", "em", "mcem")
+#: Training images held out for validation when ``--e-rule aggressive`` is asked for without
+#: ``--val-size`` (the rule watches the mutual information on them).
+AGGRESSIVE_VAL_SIZE = 1000
 
 
 @dataclass
@@ -101,7 +104,11 @@ class TrainConfig:
     resume: str | None = None  # a run folder to continue (see pyro_vae/runs/resume.py)
 
     def validate(self) -> "TrainConfig":
-        """Reject inconsistent settings with a :class:`UserError`; returns self."""
+        """Reject inconsistent settings with a :class:`UserError`; returns self.
+
+        One setting is filled in rather than refused: ``--e-rule aggressive`` without
+        ``--val-size`` holds out :data:`AGGRESSIVE_VAL_SIZE` training images for validation.
+        """
         choices = {
             "dataset": DATASETS,
             "binarize": BINARIZATIONS,
@@ -131,11 +138,14 @@ class TrainConfig:
         for name in ("eval_iw_samples", "eval_limit"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("limit_test", "eval_limit"):  # spreads over test images need two of them
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 2")
         for name in ("limit_train", "limit_test", "e_lr", "m_lr"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
-            raise UserError("--e-rule aggressive measures mutual information on --val-size N > 0")
+            self.val_size = AGGRESSIVE_VAL_SIZE  # recorded in config.json; fit says so
         if self.mc_eval_samples < 2:
             raise UserError("--mc-eval-samples must be at least 2 (a proposal's spread needs two)")
         if min(self.mc_warmup, self.mc_eval_warmup) < 0 or not 0 < self.mc_target_accept < 1:

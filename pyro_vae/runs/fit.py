@@ -68,8 +68,15 @@ def setup(
     """
     if prior is not None:
         config.prior = "custom"
+    implied_val = config.algo == "em" and config.e_rule == "aggressive" and config.val_size == 0
     config.validate()
     distributed.init_from_env(config.device)  # joins torchrun's process group, if launched
+    if implied_val and not config.quiet and distributed.is_main():
+        print(
+            f"--e-rule aggressive: holding out {config.val_size} training images for validation "
+            "(--val-size N to choose)",
+            flush=True,
+        )
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = load_data(
@@ -223,9 +230,14 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             f"continue with: pyro-vae train --resume {run.path}"
         ) from None
     except TrainingDiverged as exc:
+        kept = (
+            f"the checkpoint of epoch {saved} in {run.path} is kept"
+            if saved > 0
+            else f"no epoch had completed, so {run.path} holds no checkpoint"
+        )
         raise TrainingDiverged(
-            f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); the checkpoint of epoch "
-            f"{saved} in {run.path} is kept; try a lower --lr or --clip-norm"
+            f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); {kept}; "
+            "try a lower --lr or --clip-norm"
         ) from None
     if main:
         write_figures(
@@ -259,7 +271,7 @@ def train_one_epoch(
     train_sample = data.train_sample(config.eval_limit)
     if config.algo == "mcem" and not evaluation_due(config, epoch):
         # Without an encoder every held-out number needs MCMC chains: only every --eval-every.
-        test = dict.fromkeys(("elbo", "recon", "kl"), math.nan)
+        test = dict.fromkeys(("elbo", "recon", "kl"))  # blank cells, as for other metrics
         val = None
     else:
         test = evaluate_elbo(vae, data.test.to(device))
@@ -268,11 +280,12 @@ def train_one_epoch(
         test["elbo"] = test["kl"] = None
         val = dict(val, elbo=None) if val else None
     if talk:
-        shown = (
-            f"test ELBO {test['elbo']:8.2f}  KL {test['kl']:6.2f}"
-            if test["elbo"] is not None
-            else f"test log p(x|z) {test['recon']:8.2f}"
-        )
+        if test["elbo"] is not None:
+            shown = f"test ELBO {test['elbo']:8.2f}  KL {test['kl']:6.2f}"
+        elif test["recon"] is not None:
+            shown = f"test log p(x|z) {test['recon']:8.2f}"
+        else:
+            shown = "(held-out metrics every --eval-every epochs)"
         print(
             f"epoch {epoch:3d}  train loss {train_loss:8.2f}  {shown}  {seconds:6.1f}s",
             flush=True,
