@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -78,10 +79,14 @@ def fit_code_prior(
         if not value > 0:
             raise UserError(f"{flag} must be positive (got {value})")
     if prior is None:
-        kind, _ = parse_code_prior(spec)
+        parse_code_prior(spec)  # a bad spec is a UserError before anything is loaded
         name = name or spec.replace(":", "-")
     else:
         spec, name = "custom", name or "custom"
+    if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+        raise UserError(
+            f"a prior's name must be a plain folder name (letters, digits, ._-): {name!r}"
+        )
     model, data, stage1_epoch = load_run(run_dir, data_dir)
     if not isinstance(model, VQVAE):
         raise UserError(f"{run_dir} holds a {type(model).__name__}; fit-prior needs a VQ-VAE run")
