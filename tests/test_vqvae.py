@@ -368,3 +368,21 @@ def test_compare_gives_each_model_only_the_flags_of_its_own():
     vq, vae = compare_configs(args)
     assert vq.codebook_size == 16 and vae.codebook_size == TrainConfig().codebook_size
     vq.validate(), vae.validate()
+
+
+def test_the_model_scores_the_guides_codes_without_a_second_search(monkeypatch):
+    from pyro_vae.models import codebook as codebook_module
+
+    vq, x = small_vq(prior=CategoricalCodePrior(K, G)), binary()
+    searches = []
+    real = codebook_module.nearest_code
+    monkeypatch.setattr(
+        codebook_module, "nearest_code", lambda z, c: searches.append(1) or real(z, c)
+    )
+    torch.manual_seed(0)
+    cached = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
+    assert len(searches) == 1  # the guide's; the model reuses its indices
+    monkeypatch.setattr(vq.codebook, "remember", lambda vectors, indices: None)
+    torch.manual_seed(0)
+    searched = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
+    assert len(searches) == 3 and cached.item() == searched.item()

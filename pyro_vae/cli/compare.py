@@ -31,7 +31,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.data.images import load_data  # noqa: E402
 from pyro_vae.errors import UserError  # noqa: E402
 from pyro_vae.evaluation.metrics import (  # noqa: E402
     active_units,
@@ -43,7 +42,7 @@ from pyro_vae.evaluation.mutual_info import mutual_information  # noqa: E402
 from pyro_vae.evaluation.rollouts import rollout_metrics  # noqa: E402
 from pyro_vae.models import MODELS, LatentModel  # noqa: E402
 from pyro_vae.runs.config import TrainConfig  # noqa: E402
-from pyro_vae.runs.fit import fit, load_vae  # noqa: E402
+from pyro_vae.runs.fit import fit, load_vae, run_data  # noqa: E402
 from pyro_vae.runs.folder import Run  # noqa: E402
 
 __all__ = [
@@ -269,16 +268,7 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
         if not config.quiet:
             print(f"== {name} ==", flush=True)
         runs[name] = fit(config)
-    data = load_data(
-        base.dataset,
-        base.data_dir,
-        base.binarize,
-        base.val_size,
-        base.limit_train,
-        base.limit_test,
-        base.seed,
-        base.seq_len,
-    )
+    data = run_data(base)
     rows = _drop_empty_columns([_final_row(name, run, data.test) for name, run in runs.items()])
     markdown = _markdown(rows)
     paths = root / "comparison.png", root / "comparison.csv", root / "comparison.md"

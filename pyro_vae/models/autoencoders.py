@@ -39,7 +39,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_vae.errors import UserError
-from pyro_vae.models.base import LATENT_FIGURES, LatentModel
+from pyro_vae.models.base import LATENT_FIGURES, LatentModel, refuse_flags
 from pyro_vae.models.corruption import Corruption
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.networks import build_networks, check_networks
@@ -134,9 +134,7 @@ class Autoencoder(LatentModel):
                 "it watches the mutual information, which a point-mass guide does not have",
             ),
         ]
-        for refused, flag, why in refusals:
-            if refused:
-                raise UserError(f"{flag} does not apply to --model ae: {why}")
+        refuse_flags("ae", refusals)
 
     @classmethod
     def from_config(
@@ -163,9 +161,7 @@ class Autoencoder(LatentModel):
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """Flat p(z), p_theta(x | z), and the sparsity factor; ``kl_weight`` is unused (no KL)."""
-        pyro.module("decoder", self.decoder)
-        if any(True for _ in self.likelihood.parameters()):
-            pyro.module("likelihood", self.likelihood)
+        self.register_modules("decoder", "likelihood")
         flat = dist.ImproperUniform(constraints.real, (), (self.z_dim,))
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", flat)

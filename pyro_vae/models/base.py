@@ -33,13 +33,20 @@ line in :data:`pyro_vae.models.MODELS`.
 
 from collections.abc import Iterator
 
+import pyro
 import torch
 from torch import nn
 
 from pyro_vae.errors import UserError
 from pyro_vae.models.likelihoods import check_data as check_support
 
-__all__ = ["STANDARD_METRICS", "LATENT_FIGURES", "LatentModel", "check_flat_data"]
+__all__ = [
+    "STANDARD_METRICS",
+    "LATENT_FIGURES",
+    "LatentModel",
+    "check_flat_data",
+    "refuse_flags",
+]
 
 #: The held-out metrics of a model with a proper prior and a density q(z|x) (see
 #: :mod:`pyro_vae.evaluation.metrics`); a model lists those that do not apply in
@@ -92,6 +99,14 @@ class LatentModel(nn.Module):
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         raise NotImplementedError
 
+    def register_modules(self, *names: str) -> None:
+        """``pyro.module`` for each named submodule that has parameters (a parameter-free prior
+        or likelihood is left out of Pyro's parameter store)."""
+        for name in names:
+            module = getattr(self, name)
+            if any(True for _ in module.parameters()):
+                pyro.module(name, module)
+
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         raise NotImplementedError
 
@@ -128,6 +143,14 @@ class LatentModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z = codes(x)): what the model makes of x."""
         return self.decode_mean(self.codes(x))
+
+
+def refuse_flags(model: str, refusals: list[tuple[bool, str, str]]) -> None:
+    """Raise ``"{flag} does not apply to --model {model}: {why}"`` for the first refusal
+    (refused, flag, why) that is refused: the shared form of ``check_config``."""
+    for refused, flag, why in refusals:
+        if refused:
+            raise UserError(f"{flag} does not apply to --model {model}: {why}")
 
 
 def check_flat_data(x: torch.Tensor, data_dim: int | None, likelihood: nn.Module) -> None:

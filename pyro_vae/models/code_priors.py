@@ -64,7 +64,7 @@ class CodeVectors(dist.TorchDistribution):
         super().__init__(indices.batch_shape, event_shape, validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return self.indices.log_prob(self.codebook.nearest(value))
+        return self.indices.log_prob(self.codebook.indices_of(value))
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         return self.codebook.lookup(self.indices.sample(sample_shape))

@@ -86,6 +86,12 @@ class Codebook(nn.Module):
             self.register_buffer("ema_count", torch.ones(size))
             self.register_buffer("ema_total", initial.clone())
         self.register_buffer("usage", torch.zeros(size))
+        self._known: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def remember(self, vectors: torch.Tensor, indices: torch.Tensor) -> None:
+        """Record that ``vectors`` (a tensor of codes) are the codes ``indices``, for the next
+        :meth:`indices_of` of that very tensor."""
+        self._known = (vectors, indices)
 
     @property
     def size(self) -> int:
@@ -94,6 +100,24 @@ class Codebook(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Code indices of ``z`` (..., D), shape (...)."""
         return nearest_code(z.detach(), self.vectors.detach())
+
+    def indices_of(self, z: torch.Tensor) -> torch.Tensor:
+        """The code indices of ``z`` (..., D): those :meth:`remember` recorded, used once, when
+        ``z`` is the remembered tensor or a broadcast of it (a Delta site's sample is
+        ``v.expand(...)``, a view of the same memory: the guide's codes, replayed into the model
+        by Pyro's ELBOs, need no second search); otherwise the nearest codes."""
+        known, self._known = self._known, None
+        if known is not None:
+            vectors, indices = known
+            n = vectors.dim()
+            same_memory = z.data_ptr() == vectors.data_ptr() and z.dim() >= n
+            if (
+                same_memory
+                and z.shape[-n:] == vectors.shape
+                and z.stride()[-n:] == vectors.stride()
+            ):
+                return indices.expand(z.shape[:-1])
+        return self.nearest(z)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """The code vectors of ``indices`` (...), shape (..., D)."""

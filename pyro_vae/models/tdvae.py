@@ -42,7 +42,7 @@ from torch import nn
 
 from pyro_vae.data.sequences import frames
 from pyro_vae.errors import UserError
-from pyro_vae.models.base import LatentModel, check_flat_data
+from pyro_vae.models.base import LatentModel, check_flat_data, refuse_flags
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.networks import mlp
 
@@ -168,9 +168,7 @@ class TDVAE(LatentModel):
                 "it watches a mutual information the TD-VAE does not have",
             ),
         ]
-        for refused, flag, why in refusals:
-            if refused:
-                raise UserError(f"{flag} does not apply to --model tdvae: {why}")
+        refuse_flags("tdvae", refusals)
 
     @classmethod
     def from_config(
@@ -205,9 +203,7 @@ class TDVAE(LatentModel):
 
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """p_B(z_t1 | b_t1) p_T(z_t2 | z_t1) p_D(x_t2 | z_t2) for a random pair per sequence."""
-        for name in ("transition", "decoder", "likelihood"):
-            if any(True for _ in getattr(self, name).parameters()):
-                pyro.module(name, getattr(self, name))
+        self.register_modules("transition", "decoder", "likelihood")
         b = self._shared_beliefs(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             t1, t2, jump = self._pair(x)
@@ -218,8 +214,7 @@ class TDVAE(LatentModel):
 
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """p_B(z_t2 | b_t2), then q_S(z_t1 | z_t2, b_t1, b_t2)."""
-        for name in ("embedding", "lstm", "belief", "smoothing"):
-            pyro.module(name, getattr(self, name))
+        self.register_modules("embedding", "lstm", "belief", "smoothing")
         b = self.beliefs(x)
         self._guide_beliefs = (x, b)
         with pyro.plate("data", x.shape[0], dim=-1):

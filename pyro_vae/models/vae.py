@@ -124,10 +124,7 @@ class VAE(LatentModel):
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """p(z) p_theta(x|z) for a minibatch x of shape (batch, D)."""
-        for name in ("decoder", "prior", "likelihood"):
-            module = getattr(self, name)
-            if any(True for _ in module.parameters()):
-                pyro.module(name, module)
+        self.register_modules("decoder", "prior", "likelihood")
         with pyro.plate("data", x.shape[0], dim=-1):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior())

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.models.base import LatentModel
+from pyro_vae.models.base import LatentModel, refuse_flags
 from pyro_vae.models.code_priors import CodeVectors, UniformCodePrior
 from pyro_vae.models.codebook import Codebook
 from pyro_vae.models.corruption import Corruption
@@ -138,9 +138,7 @@ class VQVAE(LatentModel):
                 "it watches the mutual information, which a point-mass guide does not have",
             ),
         ]
-        for refused, flag, why in refusals:
-            if refused:
-                raise UserError(f"{flag} does not apply to --model vqvae: {why}")
+        refuse_flags("vqvae", refusals)
 
     @classmethod
     def from_config(
@@ -173,10 +171,7 @@ class VQVAE(LatentModel):
     # --- the two Pyro programs -------------------------------------------------------------
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """p(k) over the grid of codes and p_theta(x | z_q); ``kl_weight`` is unused."""
-        for name in ("decoder", "prior", "likelihood"):
-            module = getattr(self, name)
-            if any(True for _ in module.parameters()):
-                pyro.module(name, module)
+        self.register_modules("decoder", "prior", "likelihood")
         with pyro.plate("data", x.shape[0], dim=-1):
             z_q = pyro.sample("z", CodeVectors(self.prior(), self.codebook))
             pyro.sample("x", self.likelihood(self.decoder(z_q)), obs=x)
@@ -184,9 +179,7 @@ class VQVAE(LatentModel):
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """The point mass on the nearest codes of z_e(x), with the straight-through value, and
         the commitment (and codebook) losses as guide factors."""
-        pyro.module("encoder", self.encoder)
-        if self.codebook.update == "loss":
-            pyro.module("codebook", self.codebook)
+        self.register_modules("encoder", "codebook")  # codebook: under --codebook-update loss
         if self.corruption is not None and self.training:
             x = self.corruption(x)
         z_e = self.encoder(x)
@@ -201,6 +194,7 @@ class VQVAE(LatentModel):
                 codebook = (z_e.detach() - e_k).pow(2).sum((-2, -1))
                 pyro.factor("codebook", codebook, has_rsample=True)
             straight_through = e_k.detach() + (z_e - z_e.detach())
+            self.codebook.remember(straight_through, k)  # the model scores k without a search
             pyro.sample("z", dist.Delta(straight_through, event_dim=2))
 
     # --- parameter groups and the codebook's other updates ----------------------------------

@@ -53,6 +53,7 @@ __all__ = [
     "make_trainer",
     "load_vae",
     "load_run",
+    "run_data",
     "summary_table",
     "heldout_columns",
 ]
@@ -79,16 +80,7 @@ def setup(
         )
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
-    data = load_data(
-        config.dataset,
-        config.data_dir,
-        config.binarize,
-        config.val_size,
-        config.limit_train,
-        config.limit_test,
-        config.seed,
-        config.seq_len,
-    )
+    data = run_data(config)
     vae = _build(config, data.data_dim, prior, data.image_shape)
     _check_data(vae, data)
     vae.to(config.device)
@@ -96,6 +88,21 @@ def setup(
     if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
         torch.manual_seed(config.seed + distributed.rank())
     return data, vae, make_trainer(config, vae, data), data_rng
+
+
+def run_data(config: TrainConfig, data_dir: str | None = None) -> ImageData:
+    """The data a run's settings describe (``data_dir`` overrides the run's folder): training,
+    evaluation and every command on a finished run read the same splits."""
+    return load_data(
+        config.dataset,
+        data_dir or config.data_dir,
+        config.binarize,
+        config.val_size,
+        config.limit_train,
+        config.limit_test,
+        config.seed,
+        config.seq_len,
+    )
 
 
 def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trainer:
@@ -417,16 +424,7 @@ def load_run(
         raise UserError(f"run folder {run_dir} does not exist")
     state = run.load_checkpoint()
     vae, config = load_vae(str(run_dir), state=state)
-    data = load_data(
-        config.dataset,
-        data_dir or config.data_dir,
-        config.binarize,
-        config.val_size,
-        config.limit_train,
-        config.limit_test,
-        config.seed,
-        config.seq_len,
-    )
+    data = run_data(config, data_dir)
     try:
         vae.codes(data.test[:1])
     except RuntimeError:
