@@ -66,7 +66,15 @@ from pyro_vae.models.vae import VAE, build_vae
 from pyro_vae.models.vqvae import VQVAE
 from pyro_vae.runs.code_prior import fit_code_prior, load_code_prior, prior_table
 from pyro_vae.runs.config import TrainConfig
-from pyro_vae.runs.fit import fit, load_run, load_vae, make_trainer, setup, summary_table
+from pyro_vae.runs.fit import (
+    fit,
+    load_run,
+    load_vae,
+    make_trainer,
+    run_data,
+    setup,
+    summary_table,
+)
 from pyro_vae.runs.folder import Run
 
 __all__ = [
@@ -122,6 +130,7 @@ __all__ = [
     "fit",
     "setup",
     "load_vae",
+    "run_data",
     "load_run",
     "summary_table",
     "UserError",

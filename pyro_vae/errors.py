@@ -5,7 +5,7 @@ Command-line entry points turn each into a one-line message and the exit code it
 them like any other exception.
 """
 
-__all__ = ["UserError", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["UserError", "TrainingDiverged", "TrainingInterrupted", "check_count"]
 
 
 class UserError(Exception):
@@ -24,3 +24,10 @@ class TrainingInterrupted(UserError):
     """Ctrl-C during training; the last completed epoch is checkpointed."""
 
     exit_code = 130
+
+
+def check_count(value: object, what: str) -> None:
+    """A :class:`UserError` unless ``value`` is a positive integer: for counts a user gives in a
+    spec (``mog:0``, ``transformer(num_layers=2.5)``), which reach constructors unchecked."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} must be a positive integer, got {value!r}")

@@ -309,7 +309,7 @@ BAD = [
     (["--model", "ae", "--algo", "em", "--e-rule", "aggressive", "--val-size", "10"], "mutual"),
     (["--model", "vae", "--sparsity", "0.1"], "--sparsity applies to --model ae"),
     (["--algo", "mcem", "--corrupt", "mask:0.5"], "--algo mcem trains no guide"),
-    (["--model", "gan"], "invalid choice: 'gan'"),
+    (["--model", "gan"], "unknown model 'gan'"),
     (["--corrupt", "blur:0.1"], "unknown corruption 'blur'"),
     (["--corrupt", "mask:1.5"], "probability P in [0, 1]"),
     (["--corrupt", "salt-pepper:-0.1"], "probability P in [0, 1]"),

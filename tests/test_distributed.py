@@ -105,8 +105,9 @@ def test_without_torchrun_every_helper_is_the_identity(monkeypatch):
             "--codebook-update",
             "ema",
         ],
+        ["--prior", f"{Path(__file__).parents[1] / 'examples' / 'custom_prior.py'}:LaplacePrior"],
     ],
-    ids=["svi", "em-converge", "em-aggressive", "sparse-denoising-ae", "vqvae-ema"],
+    ids=["svi", "em-converge", "em-aggressive", "sparse-denoising-ae", "vqvae-ema", "prior-file"],
 )
 def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
     fake_data_dir, tmp_path, algo

@@ -172,7 +172,7 @@ def test_conv_arch_runs_end_to_end(fake_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_custom_prior_example_runs(fake_data_dir, tmp_path, capsys):
+def test_custom_prior_example_runs_both_ways(fake_data_dir, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -180,14 +180,20 @@ def test_custom_prior_example_runs(fake_data_dir, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("custom_prior", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    out = tmp_path / "run"
     argv = ["--data-dir", str(fake_data_dir), "--limit-train", "100", "--epochs", "1"]
-    code = example.main(argv + ["--z-dim", "4", "--hidden-dims", "32", "--out", str(out)])
-    assert code == 0
+    argv += ["--z-dim", "4", "--hidden-dims", "32"]
+    by_name, in_python = tmp_path / "by-name", tmp_path / "in-python"
+    assert example.main(argv + ["--out", str(by_name)]) == 0
+    assert example.main(argv + ["--out", str(in_python), "--in-python"]) == 0
     printed = capsys.readouterr().out
-    assert "test ELBO (10 samples/image)" in printed and "Laplace scales" in printed
-    with pytest.raises(UserError, match="custom prior"):
-        load_vae(str(out))  # the prior class lives in the example, not in the library
-    vae, config = load_vae(str(out), prior=example.LaplacePrior(4))
-    assert config.prior == "custom"
+    assert printed.count("test ELBO (10 samples/image)") == 2 and "Laplace scales" in printed
+    # by name: config.json records the file and class, and the run reloads without the example
+    vae, config = load_vae(str(by_name))
+    assert config.prior == f"{path.resolve()}:LaplacePrior(init_scale=1.0)"
     assert not torch.equal(vae.prior.log_scale, torch.zeros(4))  # the learned scales came back
+    # in Python: the run records "custom" and needs a fresh instance to reload
+    with pytest.raises(UserError, match="prior module given in Python"):
+        load_vae(str(in_python))
+    vae, config = load_vae(str(in_python), prior=example.LaplacePrior(4))
+    assert config.prior == "custom"
+    assert not torch.equal(vae.prior.log_scale, torch.zeros(4))

@@ -1,6 +1,7 @@
 """Priors: normalised densities, sample shapes, which side their parameters are on, gradients."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -17,9 +18,9 @@ from pyro_vae.models.priors import (
     MixtureOfGaussiansPrior,
     StandardNormalPrior,
     VampPrior,
+    check_prior_spec,
     has_closed_form_kl,
     make_prior,
-    parse_prior_spec,
 )
 
 D, Z = 12, 2
@@ -173,13 +174,28 @@ def test_only_the_standard_normal_has_a_closed_form_kl():
     assert closed == {"normal": True, "mog:3": False, "vamp:4": False, "flow:2": False}
 
 
-def test_parse_prior_spec():
-    assert parse_prior_spec("normal") == ("normal", 0)
-    assert parse_prior_spec("mog:10") == ("mog", 10)
-    assert parse_prior_spec("flow:2") == ("flow", 2)
-    for bad in ("mog", "mog:0", "vamp:-1", "flow:x", "gauss:3", "mog:2.5"):
-        with pytest.raises(UserError, match="bad prior"):
-            parse_prior_spec(bad)
+def test_prior_specs_name_every_constructor_argument():
+    for good in ("normal", "mog:10", "flow:2", "vamp(num_components=3, encoder_gradients=False)"):
+        check_prior_spec(good)
+    spec = "vamp(num_components=3, encoder_gradients=False)"
+    vamp = make_prior(spec, Z, MLPEncoder(D, (4,), Z), D)
+    assert vamp.pseudo_inputs.shape == (3, D) and not vamp.encoder_gradients
+    assert make_prior("flow(num_layers=1, hidden_dims=(5,))", Z, None, D).layers[0] is not None
+    bad = {
+        "mog": "missing a required argument: 'num_components'",
+        "normal:3": "takes no argument",
+        "gauss:3": "unknown prior 'gauss'",
+        "mog:x y": "not a number",
+        "mog(z_dim=3)": "comes from the run's settings",
+        "mog(3)": "by keyword",
+        "mog(k=open('x'))": "keyword=literal",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_prior_spec(spec)
+    for spec in ("mog:0", "vamp:-1", "mog:2.5", "flow:0"):  # values: checked when built
+        with pytest.raises(UserError, match="must be a positive integer"):
+            make_prior(spec, Z, MLPEncoder(D, (4,), Z), D)
 
 
 def test_bad_prior_flag_is_one_line_exit_2(capsys):
@@ -187,7 +203,7 @@ def test_bad_prior_flag_is_one_line_exit_2(capsys):
         main(["train", "--prior", "mog:zero"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "mog:K" in err
+    assert err.count("\n") == 1 and "'zero' after ':' is not a number" in err
 
 
 def test_flow_prior_needs_two_dimensions():

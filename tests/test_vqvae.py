@@ -348,7 +348,7 @@ def test_fit_prior_refuses_a_run_that_is_not_a_vqvae_and_unknown_priors(
     capsys.readouterr()
     cases = [
         (["fit-prior", str(run.path)], "fit-prior needs a VQ-VAE run"),
-        (["fit-prior", str(run.path), "--prior", "pixelsnail"], "bad code prior 'pixelsnail'"),
+        (["fit-prior", str(run.path), "--prior", "pixelsnail"], "unknown prior 'pixelsnail'"),
         (["fit-prior", str(tmp_path / "none")], "does not exist"),
     ]
     for argv, message in cases:

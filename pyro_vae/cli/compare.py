@@ -106,7 +106,8 @@ def run_name(config: TrainConfig) -> str:
     """``svi``, ``mcem``, or ``em-<rule>`` for variational EM; prefixed by ``<model>-`` for
     models other than the VAE (``ae-svi``)."""
     name = f"em-{config.e_rule}" if config.algo == "em" else config.algo
-    return name if config.model == "vae" else f"{config.model}-{name}"
+    model = config.model.rpartition(":")[2].lower()  # a plugin's class name, not its path
+    return name if config.model == "vae" else f"{model}-{name}"
 
 
 def compare_configs(args: argparse.Namespace) -> list[TrainConfig]:

@@ -13,13 +13,18 @@ from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
-from pyro_vae.models import MODELS
-from pyro_vae.models.code_priors import CODE_PRIOR_HELP, parse_code_prior
+from pyro_vae.models import model_class
+from pyro_vae.models.code_priors import CODE_PRIOR_HELP, check_code_prior_spec
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import CORRUPT_HELP, parse_corruption
-from pyro_vae.models.likelihoods import GAUSSIAN_SCALE_HELP, LIKELIHOODS, parse_gaussian_scale
-from pyro_vae.models.networks import ARCHS
-from pyro_vae.models.priors import PRIOR_HELP, parse_prior_spec
+from pyro_vae.models.likelihoods import (
+    GAUSSIAN_SCALE_HELP,
+    LIKELIHOOD_HELP,
+    check_likelihood_spec,
+    parse_gaussian_scale,
+)
+from pyro_vae.models.networks import ARCHS, check_network_spec
+from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
 from pyro_vae.runs.config import ALGOS, TrainConfig
 
 __all__ = [
@@ -117,10 +122,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        choices=tuple(MODELS),
+        type=spec_type(model_class),
         default=d.model,
+        metavar="SPEC",
         help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior); "
-        "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist)",
+        "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist); "
+        "or a LatentModel of your own: module:Class or path/to/file.py:Class",
     )
     model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
     model.add_argument(
@@ -131,7 +138,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="H",
         help="encoder hidden widths; the decoder mirrors them",
     )
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
+    model.add_argument(
+        "--likelihood",
+        type=spec_type(check_likelihood_spec),
+        default=d.likelihood,
+        metavar="SPEC",
+        help=LIKELIHOOD_HELP,
+    )
     model.add_argument(
         "--gaussian-scale",
         type=spec_type(parse_gaussian_scale),
@@ -141,12 +154,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--prior",
-        type=spec_type(parse_prior_spec),
+        type=spec_type(check_prior_spec),
         default=d.prior,
         metavar="SPEC",
         help=PRIOR_HELP,
     )
     model.add_argument("--arch", choices=ARCHS, default=d.arch, help="encoder/decoder networks")
+    for kind in ("encoder", "decoder"):
+        model.add_argument(
+            f"--{kind}",
+            type=spec_type(lambda spec, kind=kind: check_network_spec(spec, kind)),
+            default=None,
+            metavar="SPEC",
+            help=f"a {kind} of your own instead of --arch's: module:Class or "
+            "path/to/file.py:Class, optionally with (key=value, ...)",
+        )
     model.add_argument(
         "--sparsity",
         type=open_unit_float,
@@ -371,14 +393,10 @@ def algo_names(text: str) -> list[str]:
 
 
 def model_names(text: str) -> list[str]:
-    """``ae,vae`` -> ["ae", "vae"], each checked against ``--model``'s choices."""
+    """``ae,vae`` -> ["ae", "vae"], each checked as a ``--model`` spec."""
     names = [name for name in text.split(",") if name]
-    for name in names:
-        if name not in MODELS:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {name!r} (choose from {', '.join(MODELS)})"
-            )
-    return names
+    check = spec_type(model_class)
+    return [check(name) for name in names]
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -482,7 +500,7 @@ def add_fit_prior_command(commands) -> None:
     fit_prior.add_argument("run_dir", metavar="RUN_DIR")
     fit_prior.add_argument(
         "--prior",
-        type=spec_type(parse_code_prior),
+        type=spec_type(check_code_prior_spec),
         nargs="+",
         default=["transformer"],
         metavar="SPEC",

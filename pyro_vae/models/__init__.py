@@ -10,18 +10,22 @@
 - :mod:`~pyro_vae.models.priors`, :mod:`~pyro_vae.models.likelihoods`,
   :mod:`~pyro_vae.models.networks`, :mod:`~pyro_vae.models.corruption`: the parts
 
-:data:`MODELS` maps each ``--model`` name to its class; the run system builds a model with
-``MODELS[name].from_config(...)`` and asks it what applies, so adding a model is one file here
-and one line below.
+:data:`MODELS` maps each built-in ``--model`` name to its class; the run system builds a model
+with ``model_class(spec).from_config(...)`` and asks it what applies, so adding a model is one
+file here and one line below. A model of your own needs neither: ``--model my_models:MyModel``
+(or ``path/to/file.py:MyModel``, or a name in the entry-point group ``pyro_vae.models``) names a
+:class:`LatentModel` subclass (:mod:`pyro_vae.plugins`).
 """
 
+from pyro_vae.errors import UserError
 from pyro_vae.models.autoencoders import Autoencoder
 from pyro_vae.models.base import LatentModel
 from pyro_vae.models.tdvae import TDVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.models.vqvae import VQVAE
+from pyro_vae.plugins import parse_spec, resolve
 
-__all__ = ["MODELS", "LatentModel"]
+__all__ = ["MODELS", "LatentModel", "model_class"]
 
 MODELS: dict[str, type[LatentModel]] = {
     "vae": VAE,
@@ -29,3 +33,16 @@ MODELS: dict[str, type[LatentModel]] = {
     "vqvae": VQVAE,
     "tdvae": TDVAE,
 }
+
+
+def model_class(spec: str) -> type[LatentModel]:
+    """The class a ``--model`` spec names: built in, installed, or ``module:Class``."""
+    if spec in MODELS:
+        return MODELS[spec]
+    parsed = parse_spec(spec, "--model")
+    if parsed.arg is not None or parsed.kwargs:
+        raise UserError(f"--model {spec}: a model takes no arguments; it reads the run's flags")
+    cls = resolve(parsed, "model", "--model", MODELS)
+    if not (isinstance(cls, type) and issubclass(cls, LatentModel)):
+        raise UserError(f"--model {spec}: not a subclass of pyro_vae.LatentModel")
+    return cls

@@ -145,7 +145,14 @@ class Autoencoder(LatentModel):
             raise UserError("--model ae has a flat prior; a prior module applies to the VAE")
         lik = make_likelihood(config.likelihood, data_dim, config.gaussian_scale)
         encoder, decoder = build_networks(
-            config.arch, data_dim, config.z_dim, config.hidden_dims, lik, image_shape
+            config.arch,
+            data_dim,
+            config.z_dim,
+            config.hidden_dims,
+            lik,
+            image_shape,
+            config.encoder,
+            config.decoder,
         )
         return cls(
             encoder,

@@ -21,7 +21,13 @@ Built in, by their ``fit-prior --prior`` spec:
 - ``categorical``: independent categoricals per position, p(k) = prod_i Cat(k_i; pi_i).
 - ``transformer`` or ``transformer:L``: an autoregressive prior p(k) = prod_i p(k_i | k_<i) in
   raster order, a small causal transformer (L layers, default 2) over the code tokens; sampling
-  is ancestral, one position at a time.
+  is ancestral, one position at a time. ``transformer(num_layers=4, width=128)`` reaches the
+  other constructor arguments.
+
+A code prior of your own is named like any part (:mod:`pyro_vae.plugins`):
+``my_priors:PixelCNN``, ``path/to/file.py:PixelCNN(layers=5)``, or a name in the entry-point
+group ``pyro_vae.code_priors``; its constructor may ask for ``num_codes`` (K) and
+``num_positions`` (G) by parameter name.
 """
 
 import pyro.distributions as dist
@@ -30,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_vae.errors import UserError
+from pyro_vae.errors import UserError, check_count
+from pyro_vae.plugins import build, check_spec
 
 __all__ = [
     "CODE_PRIOR_HELP",
@@ -39,11 +46,16 @@ __all__ = [
     "CategoricalCodePrior",
     "TransformerCodePrior",
     "AutoregressiveCodes",
-    "parse_code_prior",
+    "check_code_prior_spec",
+    "CODE_PRIORS",
+    "CODE_PRIOR_CONTEXT",
     "make_code_prior",
 ]
 
-CODE_PRIOR_HELP = "uniform, categorical or transformer[:L] (L layers, a positive integer)"
+CODE_PRIOR_HELP = (
+    "uniform, categorical, transformer[:L] (L layers), a name an installed package adds, or your "
+    "own: module:Class or path/to/file.py:Class, optionally with (key=value, ...)"
+)
 
 
 class CodeVectors(dist.TorchDistribution):
@@ -109,6 +121,10 @@ class TransformerCodePrior(nn.Module):
         heads: int = 4,
     ) -> None:
         super().__init__()
+        for value, what in ((num_layers, "num_layers"), (width, "width"), (heads, "heads")):
+            check_count(value, f"transformer: {what}")
+        if width % heads:
+            raise UserError(f"transformer: width {width} must be divisible by heads {heads}")
         self.num_codes, self.num_positions = num_codes, num_positions
         self.tokens = nn.Embedding(num_codes + 1, width)  # the last token is "start"
         self.positions = nn.Parameter(0.02 * torch.randn(num_positions, width))
@@ -160,24 +176,21 @@ class AutoregressiveCodes(dist.TorchDistribution):
         return k.reshape(*sample_shape, self.prior.num_positions)
 
 
-def parse_code_prior(spec: str) -> tuple[str, int]:
-    """``"transformer:3"`` -> ``("transformer", 3)``; ``"categorical"`` -> ``("categorical",
-    0)``; ``"transformer"`` -> ``("transformer", 2)``. Anything else is a :class:`UserError`."""
-    if spec in ("uniform", "categorical"):
-        return spec, 0
-    kind, colon, number = spec.partition(":")
-    if kind == "transformer" and not colon:
-        return kind, 2
-    if kind == "transformer" and number.isdigit() and int(number) > 0:
-        return kind, int(number)
-    raise UserError(f"bad code prior {spec!r}; use {CODE_PRIOR_HELP}")
+#: The built-in code priors by ``fit-prior --prior`` name, and what their constructors are given.
+CODE_PRIORS = {
+    "uniform": UniformCodePrior,
+    "categorical": CategoricalCodePrior,
+    "transformer": TransformerCodePrior,
+}
+CODE_PRIOR_CONTEXT = ("num_codes", "num_positions")
+
+
+def check_code_prior_spec(spec: str) -> None:
+    """Check a ``fit-prior --prior`` spec without building it."""
+    check_spec(spec, "code_prior", "--prior", CODE_PRIORS, CODE_PRIOR_CONTEXT, nn.Module)
 
 
 def make_code_prior(spec: str, num_codes: int, num_positions: int) -> nn.Module:
-    """The code prior of a ``--prior`` spec of ``fit-prior``."""
-    kind, number = parse_code_prior(spec)
-    if kind == "uniform":
-        return UniformCodePrior(num_codes, num_positions)
-    if kind == "categorical":
-        return CategoricalCodePrior(num_codes, num_positions)
-    return TransformerCodePrior(num_codes, num_positions, num_layers=number)
+    """The code prior of a ``fit-prior --prior`` spec."""
+    context = {"num_codes": num_codes, "num_positions": num_positions}
+    return build(spec, "code_prior", "--prior", CODE_PRIORS, context, expect=nn.Module)

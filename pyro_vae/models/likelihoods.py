@@ -25,6 +25,11 @@ Built in, by ``--likelihood``:
   N(mu(z), sigma(z)^2) of the seed slides).
 - ``continuous-bernoulli``: the continuous Bernoulli of Loaiza-Ganem and Cunningham (2019), a
   proper density on [0, 1] for grey-level data without binarizing.
+
+A likelihood of your own is named like a prior (:mod:`pyro_vae.plugins`): ``my_liks:StudentT``,
+``path/to/liks.py:StudentT(df=4)``, or a name in the entry-point group
+``pyro_vae.likelihoods``; its constructor may ask for ``data_dim`` and ``gaussian_scale``
+(:data:`LIKELIHOOD_CONTEXT`).
 """
 
 import math
@@ -35,20 +40,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.errors import UserError
+from pyro_vae.plugins import build, check_spec
 
 __all__ = [
     "LIKELIHOODS",
+    "LIKELIHOOD_CONTEXT",
+    "LIKELIHOOD_HELP",
     "GAUSSIAN_SCALE_HELP",
     "IndependentBernoulli",
     "BernoulliLikelihood",
     "GaussianLikelihood",
     "ContinuousBernoulliLikelihood",
     "parse_gaussian_scale",
+    "check_likelihood_spec",
     "make_likelihood",
     "check_data",
 ]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
+LIKELIHOOD_HELP = (
+    f"{', '.join(LIKELIHOODS)}, a name an installed package adds, or your own: module:Class or "
+    "path/to/file.py:Class, optionally with (key=value, ...)"
+)
+#: What a likelihood's constructor may ask for by parameter name.
+LIKELIHOOD_CONTEXT = ("data_dim", "gaussian_scale")
 GAUSSIAN_SCALE_HELP = "fixed:S (S > 0), global, pixel or decoder"
 
 
@@ -186,15 +201,30 @@ def parse_gaussian_scale(spec: str) -> tuple[str, float]:
     raise UserError(f"bad gaussian scale {spec!r}; use {GAUSSIAN_SCALE_HELP}")
 
 
-def make_likelihood(name: str, data_dim: int, gaussian_scale: str = "pixel") -> nn.Module:
-    """Build a likelihood by its command-line name."""
-    if name == "bernoulli":
-        return BernoulliLikelihood()
-    if name == "gaussian":
+def _builtin_likelihoods() -> dict:
+    def gaussian(data_dim: int, gaussian_scale: str = "pixel") -> GaussianLikelihood:
         return GaussianLikelihood(data_dim, gaussian_scale)
-    if name == "continuous-bernoulli":
-        return ContinuousBernoulliLikelihood()
-    raise UserError(f"unknown likelihood {name!r}; choose from {', '.join(LIKELIHOODS)}")
+
+    return {
+        "bernoulli": BernoulliLikelihood,
+        "gaussian": gaussian,
+        "continuous-bernoulli": ContinuousBernoulliLikelihood,
+    }
+
+
+def check_likelihood_spec(spec: str) -> None:
+    """Check a ``--likelihood`` spec (name, arguments, importability) without building it."""
+    check_spec(
+        spec, "likelihood", "--likelihood", _builtin_likelihoods(), LIKELIHOOD_CONTEXT, nn.Module
+    )
+
+
+def make_likelihood(name: str, data_dim: int, gaussian_scale: str = "pixel") -> nn.Module:
+    """Build a likelihood by its ``--likelihood`` spec."""
+    context = {"data_dim": data_dim, "gaussian_scale": gaussian_scale}
+    return build(
+        name, "likelihood", "--likelihood", _builtin_likelihoods(), context, expect=nn.Module
+    )
 
 
 def check_data(likelihood: nn.Module, x: torch.Tensor) -> None:

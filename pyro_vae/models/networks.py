@@ -11,6 +11,11 @@ Any ``nn.Module`` with these signatures can be passed to :class:`~pyro_vae.model
 do not match. Built in (``--arch``): the MLP pair, and a small convolutional pair for 28 x 28
 images (two stride-2 convolutions each way).
 
+Networks of your own replace either half of the pair from the command line (``--encoder``,
+``--decoder``; :mod:`pyro_vae.plugins`): ``my_nets:Encoder``, ``path/to/nets.py:Decoder(width=
+256)``, or a name in the entry-point group ``pyro_vae.encoders`` / ``pyro_vae.decoders``. Their
+constructors may ask for :data:`ENCODER_CONTEXT` / :data:`DECODER_CONTEXT` by parameter name.
+
 The VQ-VAE's networks (:func:`build_grid_networks`) map x to a grid of G vectors of size D,
 shape (batch, G, D), and such a grid back to the likelihood's parameters: ``conv`` keeps the
 image's layout (a (h/4) x (w/4) grid), ``mlp`` has G = ``--z-dim`` positions without one.
@@ -23,9 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.errors import UserError
+from pyro_vae.plugins import build, check_spec
 
 __all__ = [
     "ARCHS",
+    "ENCODER_CONTEXT",
+    "DECODER_CONTEXT",
+    "check_network_spec",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",
@@ -41,6 +50,11 @@ __all__ = [
 ]
 
 ARCHS = ("mlp", "conv")
+#: What a network's constructor may ask for by parameter name (``hidden_dims``: --hidden-dims as
+#: given; ``out_dim`` = ``params_per_dim * data_dim``, the decoder's output width).
+ENCODER_CONTEXT = ("data_dim", "z_dim", "hidden_dims", "image_shape")
+DECODER_CONTEXT = ("z_dim", "data_dim", "hidden_dims", "image_shape", "params_per_dim", "out_dim")
+_CONTEXTS = {"encoder": ENCODER_CONTEXT, "decoder": DECODER_CONTEXT}
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -144,11 +158,38 @@ def build_networks(
     hidden_dims: Sequence[int],
     likelihood: nn.Module,
     image_shape: tuple[int, int] = (28, 28),
+    encoder: str | None = None,
+    decoder: str | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder ``--arch`` names: ``mlp`` (the decoder mirrors ``hidden_dims``)
     or ``conv`` (``image_shape`` images; ``hidden_dims`` unused); the decoder's output has the
-    ``likelihood``'s ``params_per_dim`` values per data dimension."""
+    ``likelihood``'s ``params_per_dim`` values per data dimension. ``encoder`` / ``decoder``:
+    specs of networks of your own that replace that half of the pair."""
     params_per_dim = getattr(likelihood, "params_per_dim", 1)
+    context = {
+        "data_dim": data_dim,
+        "z_dim": z_dim,
+        "hidden_dims": tuple(hidden_dims),
+        "image_shape": tuple(image_shape),
+        "params_per_dim": params_per_dim,
+        "out_dim": params_per_dim * data_dim,
+    }
+    pair = (None, None)
+    if encoder is None or decoder is None:
+        pair = _arch_networks(arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape)
+    if encoder is not None:
+        pair = (build(encoder, "encoder", "--encoder", {}, context, expect=nn.Module), pair[1])
+    if decoder is not None:
+        pair = (pair[0], build(decoder, "decoder", "--decoder", {}, context, expect=nn.Module))
+    return pair
+
+
+def check_network_spec(spec: str, kind: str) -> None:
+    """Check an ``--encoder`` / ``--decoder`` spec (``kind``) without building it."""
+    check_spec(spec, kind, f"--{kind}", {}, _CONTEXTS[kind], nn.Module)
+
+
+def _arch_networks(arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape):
     if arch == "mlp":
         encoder = MLPEncoder(data_dim, hidden_dims, z_dim)
         decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), params_per_dim * data_dim)

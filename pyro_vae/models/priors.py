@@ -23,7 +23,8 @@ Which priors have a closed-form KL to the diagonal Gaussian guide (``--elbo mean
 the sampled z; :func:`has_closed_form_kl` tells which case applies and ``build_vae``'s callers can
 warn.
 
-Built in, by their ``--prior`` spec:
+Built in, by their ``--prior`` spec (:data:`PRIORS`; keyword forms such as
+``vamp(num_components=50, encoder_gradients=False)`` reach every constructor argument):
 
 - ``normal``: N(0, I).
 - ``mog:K``: a mixture of K diagonal Gaussians with learnable weights, means and scales.
@@ -31,6 +32,11 @@ Built in, by their ``--prior`` spec:
   learnable pseudo-inputs u_k.
 - ``flow:L``: N(0, I) pushed through L affine autoregressive transforms (a masked autoregressive
   flow; Papamakarios et al. 2017) from ``pyro.distributions.transforms``.
+
+A prior of your own is named the same way (:mod:`pyro_vae.plugins`): ``my_priors:StudentT``,
+``path/to/priors.py:StudentT(df=3)``, or a name an installed package adds to the entry-point
+group ``pyro_vae.priors``. Its constructor receives, by parameter name, any of
+:data:`PRIOR_CONTEXT`: ``z_dim``, ``data_dim`` and ``encoder``.
 """
 
 import math
@@ -41,20 +47,28 @@ import torch.nn.functional as F
 from pyro.distributions.transforms import affine_autoregressive
 from torch import nn
 
-from pyro_vae.errors import UserError
+from pyro_vae.errors import UserError, check_count
+from pyro_vae.plugins import build, check_spec
 
 __all__ = [
     "PRIOR_HELP",
+    "PRIORS",
+    "PRIOR_CONTEXT",
     "StandardNormalPrior",
     "MixtureOfGaussiansPrior",
     "VampPrior",
     "FlowPrior",
-    "parse_prior_spec",
+    "check_prior_spec",
     "make_prior",
     "has_closed_form_kl",
 ]
 
-PRIOR_HELP = "normal, mog:K, vamp:K or flow:L (K components, L flow layers, positive integers)"
+PRIOR_HELP = (
+    "normal, mog:K, vamp:K, flow:L (K components, L flow layers), a name an installed package "
+    "adds, or your own: module:Class or path/to/file.py:Class, optionally with (key=value, ...)"
+)
+#: What a prior's constructor may ask for by parameter name.
+PRIOR_CONTEXT = ("z_dim", "data_dim", "encoder")
 
 
 class StandardNormalPrior(nn.Module):
@@ -80,6 +94,7 @@ class MixtureOfGaussiansPrior(nn.Module):
 
     def __init__(self, z_dim: int, num_components: int) -> None:
         super().__init__()
+        check_count(num_components, "mog: the number of components")
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(num_components, z_dim))
         self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), math.log(math.e - 1)))
@@ -115,6 +130,7 @@ class VampPrior(nn.Module):
         encoder_gradients: bool = True,
     ) -> None:
         super().__init__()
+        check_count(num_components, "vamp: the number of pseudo-inputs")
         self._encoder = (encoder,)  # a tuple hides it from nn.Module: no parameters, no state
         self.encoder_gradients = encoder_gradients
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(num_components, data_dim))
@@ -154,6 +170,7 @@ class FlowPrior(nn.Module):
         self, z_dim: int, num_layers: int, hidden_dims: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
+        check_count(num_layers, "flow: the number of layers")
         if z_dim < 2:
             raise UserError("a flow prior needs --z-dim 2 or more (autoregressive layers)")
         hidden = list(hidden_dims or (4 * z_dim,))
@@ -168,32 +185,33 @@ class FlowPrior(nn.Module):
         return dist.TransformedDistribution(base, [layer.inv for layer in self.layers])
 
 
-def parse_prior_spec(spec: str) -> tuple[str, int]:
-    """``"mog:10"`` -> ``("mog", 10)``; ``"normal"`` -> ``("normal", 0)``.
+#: The built-in priors by ``--prior`` name.
+PRIORS = {
+    "normal": StandardNormalPrior,
+    "mog": MixtureOfGaussiansPrior,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
+}
 
-    ``"custom"`` stands for a prior module handed to :func:`pyro_vae.fit` directly.
-    A malformed spec is a :class:`UserError` naming the accepted forms.
+
+def check_prior_spec(spec: str) -> None:
+    """Check a ``--prior`` spec (name, arguments, importability) without building it.
+
+    ``"custom"`` stands for a prior module handed to :func:`pyro_vae.fit` in Python.
     """
-    if spec in ("normal", "custom"):
-        return spec, 0
-    kind, _, number = spec.partition(":")
-    if kind in ("mog", "vamp", "flow") and number.isdigit() and int(number) > 0:
-        return kind, int(number)
-    raise UserError(f"bad prior {spec!r}; use {PRIOR_HELP}")
+    if spec != "custom":
+        check_spec(spec, "prior", "--prior", PRIORS, PRIOR_CONTEXT, nn.Module)
 
 
 def make_prior(spec: str, z_dim: int, encoder: nn.Module, data_dim: int) -> nn.Module:
     """Build a prior from its ``--prior`` spec (the VampPrior reuses ``encoder``)."""
-    kind, number = parse_prior_spec(spec)
-    if kind == "normal":
-        return StandardNormalPrior(z_dim)
-    if kind == "mog":
-        return MixtureOfGaussiansPrior(z_dim, number)
-    if kind == "vamp":
-        return VampPrior(encoder, data_dim, number)
-    if kind == "flow":
-        return FlowPrior(z_dim, number)
-    raise UserError("--prior custom needs a prior module: fit(config, prior=MyPrior(...))")
+    if spec == "custom":
+        raise UserError(
+            "this run's prior was a module given in Python: pass it again (prior=...), or train "
+            "with --prior module:Class so that every command can rebuild it"
+        )
+    context = {"z_dim": z_dim, "data_dim": data_dim, "encoder": encoder}
+    return build(spec, "prior", "--prior", PRIORS, context, expect=nn.Module)
 
 
 def has_closed_form_kl(prior: nn.Module, z_dim: int) -> bool:

@@ -161,6 +161,11 @@ class TDVAE(LatentModel):
             ),
             (config.algo == "mcem", "--algo mcem", "it needs its guide"),
             (config.arch != "mlp", f"--arch {config.arch}", "its networks are MLPs and an LSTM"),
+            (
+                config.encoder is not None or config.decoder is not None,
+                "--encoder / --decoder",
+                "its networks are MLPs and an LSTM",
+            ),
             (config.corrupt is not None, "--corrupt", "not built for sequences"),
             (
                 config.algo == "em" and config.e_rule == "aggressive",

@@ -98,6 +98,9 @@ class VAE(LatentModel):
             gaussian_scale=config.gaussian_scale,
             image_shape=image_shape,
             corrupt=config.corrupt,
+            encoder=config.encoder,
+            decoder=config.decoder,
+            vae_class=cls,
         )
         if config.elbo == "meanfield" and not has_closed_form_kl(vae.prior, config.z_dim):
             warnings.warn(
@@ -179,20 +182,27 @@ def build_vae(
     gaussian_scale: str = "pixel",
     image_shape: tuple[int, int] = (28, 28),
     corrupt: str | None = None,
+    encoder: str | None = None,
+    decoder: str | None = None,
+    vae_class: type[VAE] = VAE,
 ) -> VAE:
     """A VAE from command-line names: by default MLP encoder and decoder, N(0, I) prior.
 
     ``prior`` is a ``--prior`` spec (``normal``, ``mog:K``, ``vamp:K``, ``flow:L``) or a prior
     module of the user's own; ``arch`` is ``mlp`` (mirrored ``hidden_dims``) or ``conv``
-    (``image_shape`` images; ``hidden_dims`` unused); ``corrupt`` a ``--corrupt`` spec for the
-    denoising VAE.
+    (``image_shape`` images; ``hidden_dims`` unused); ``encoder`` / ``decoder`` specs of
+    networks of your own (:func:`~pyro_vae.models.networks.build_networks`); ``corrupt`` a
+    ``--corrupt`` spec for the denoising VAE; ``vae_class`` the class to build (a subclass of
+    :class:`VAE`, as ``--model my_models:MyVAE`` names).
     """
     lik = make_likelihood(likelihood, data_dim, gaussian_scale)
-    encoder, decoder = build_networks(arch, data_dim, z_dim, hidden_dims, lik, image_shape)
+    encoder_net, decoder_net = build_networks(
+        arch, data_dim, z_dim, hidden_dims, lik, image_shape, encoder, decoder
+    )
     if isinstance(prior, str):
-        prior = make_prior(prior, z_dim, encoder, data_dim)
+        prior = make_prior(prior, z_dim, encoder_net, data_dim)
     elif tuple(prior().event_shape) != (z_dim,):
         shape = tuple(prior().event_shape)
         raise UserError(f"the prior's event shape is {shape} but --z-dim is {z_dim}")
     corruption = Corruption(corrupt) if corrupt else None
-    return VAE(encoder, decoder, prior, lik, data_dim=data_dim, corruption=corruption)
+    return vae_class(encoder_net, decoder_net, prior, lik, data_dim=data_dim, corruption=corruption)

@@ -124,6 +124,11 @@ class VQVAE(LatentModel):
                 "stage 1 trains under the uniform code prior; fit another one afterwards "
                 "with: pyro-vae fit-prior RUN --prior categorical|transformer",
             ),
+            (
+                config.encoder is not None or config.decoder is not None,
+                "--encoder / --decoder",
+                "its networks map images to grids of code vectors; use --arch mlp|conv",
+            ),
             (config.beta != 1.0, "--beta", "it has no KL term to weigh"),
             (config.kl_warmup != 0.0, "--kl-warmup", "it has no KL term to weigh"),
             (

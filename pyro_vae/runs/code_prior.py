@@ -30,8 +30,9 @@ from torch import nn
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import plot_samples
-from pyro_vae.models.code_priors import make_code_prior, parse_code_prior
+from pyro_vae.models.code_priors import check_code_prior_spec, make_code_prior
 from pyro_vae.models.vqvae import VQVAE
+from pyro_vae.plugins import absolute_file_spec
 from pyro_vae.runs.fit import load_run, load_vae
 from pyro_vae.runs.folder import atomic_write
 
@@ -79,8 +80,9 @@ def fit_code_prior(
         if not value > 0:
             raise UserError(f"{flag} must be positive (got {value})")
     if prior is None:
-        parse_code_prior(spec)  # a bad spec is a UserError before anything is loaded
-        name = name or spec.replace(":", "-")
+        spec = absolute_file_spec(spec)  # prior.pt records it: reloads from any folder
+        check_code_prior_spec(spec)  # a bad spec is a UserError before anything is loaded
+        name = name or _folder_name(spec)
     else:
         spec, name = "custom", name or "custom"
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
@@ -121,6 +123,12 @@ def fit_code_prior(
         torch.manual_seed(0)
         plot_samples(model.eval(), folder / "samples.png", data.image_shape)
     return result
+
+
+def _folder_name(spec: str) -> str:
+    """``transformer:3`` -> ``transformer-3``; ``/a/b/my.py:PixelCNN(layers=5)`` ->
+    ``my.py-PixelCNN-layers-5``: the folder under ``priors/`` a spec's fit is saved in."""
+    return re.sub(r"[^\w.-]+", "-", spec.rpartition("/")[2]).strip("-.") or "prior"
 
 
 def _train(prior, model, data, test_grids, epochs, batch_size, lr, seed, quiet) -> list[dict]:
@@ -180,7 +188,10 @@ def load_code_prior(run_dir: str | Path, name: str, prior: nn.Module | None = No
     if prior is None:
         if state["spec"] == "custom":
             raise UserError(f"prior {name!r} is of your own: pass a fresh instance as prior=")
-        prior = make_code_prior(state["spec"], model.codebook.size, model.num_positions)
+        try:
+            prior = make_code_prior(state["spec"], model.codebook.size, model.num_positions)
+        except UserError as exc:  # a plugin that no longer imports
+            raise UserError(f"cannot rebuild prior {name!r} of {run_dir}: {exc}") from None
     prior.load_state_dict(state["state"])
     return prior
 

@@ -17,12 +17,13 @@ from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
-from pyro_vae.models import MODELS
+from pyro_vae.models import MODELS, model_class
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import parse_corruption
-from pyro_vae.models.likelihoods import LIKELIHOODS, parse_gaussian_scale
-from pyro_vae.models.networks import ARCHS
-from pyro_vae.models.priors import parse_prior_spec
+from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_scale
+from pyro_vae.models.networks import ARCHS, check_network_spec
+from pyro_vae.models.priors import check_prior_spec
+from pyro_vae.plugins import absolute_file_spec
 
 __all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE"]
 
@@ -46,12 +47,16 @@ class TrainConfig:
     limit_test: int | None = None
     seq_len: int = 20  # frames per sequence of a sequence data set (moving-mnist)
     # model
-    model: str = "vae"  # a name in pyro_vae.models.MODELS: vae | ae | vqvae | tdvae
+    # model parts: a built-in name or a plugin spec (module:Class, file.py:Class, an installed
+    # name; see pyro_vae/plugins.py)
+    model: str = "vae"  # vae | ae | vqvae | tdvae | a LatentModel of your own
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
-    likelihood: str = "bernoulli"
-    prior: str = "normal"  # normal | mog:K | vamp:K | flow:L | custom (a module given to fit)
+    likelihood: str = "bernoulli"  # bernoulli | gaussian | continuous-bernoulli | your own
+    prior: str = "normal"  # normal | mog:K | vamp:K | flow:L | your own | custom (given to fit)
     arch: str = "mlp"  # mlp | conv
+    encoder: str | None = None  # a network of your own instead of --arch's encoder
+    decoder: str | None = None  # ... and decoder
     gaussian_scale: str = "pixel"  # fixed:S | global | pixel | decoder
     sparsity: float | None = None  # sparse autoencoder: target mean activation rho in (0, 1)
     sparsity_weight: float = 1.0  # its penalty's weight beta
@@ -112,14 +117,12 @@ class TrainConfig:
         choices = {
             "dataset": DATASETS,
             "binarize": BINARIZATIONS,
-            "likelihood": LIKELIHOODS,
             "elbo": OBJECTIVES,
             "algo": ALGOS,
             "e_rule": E_RULES,
             "mc_kernel": KERNELS,
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
-            "model": tuple(MODELS),
             "codebook_update": CODEBOOK_UPDATES,
         }
         for name, allowed in choices.items():
@@ -160,7 +163,7 @@ class TrainConfig:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
             raise UserError("--hidden-dims needs one or more positive layer widths")
-        parse_prior_spec(self.prior)
+        self._check_plugins()
         parse_gaussian_scale(self.gaussian_scale)
         if self.corrupt is not None:
             parse_corruption(self.corrupt)
@@ -178,14 +181,14 @@ class TrainConfig:
             )
         if sequences and self.seq_len < 2:
             raise UserError(f"--seq-len must be at least 2 frames, got {self.seq_len}")
-        if sequences != MODELS[self.model].sequences:
+        if sequences != model_class(self.model).sequences:
             kind = "sequences" if sequences else "images"
             fits = [name for name, m in MODELS.items() if m.sequences == sequences]
             raise UserError(
                 f"--model {self.model} does not model {kind} (--dataset {self.dataset}); "
                 f"use --model {' | '.join(fits) or '(none installed)'}"
             )
-        MODELS[self.model].check_config(self)
+        model_class(self.model).check_config(self)
         if self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "
@@ -194,6 +197,19 @@ class TrainConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
         return self
+
+    def _check_plugins(self) -> None:
+        """Check every part's spec (imports plugins: a missing module fails here, before any
+        data is read); file paths are made absolute so that the run reloads from anywhere."""
+        for name in ("model", "likelihood", "prior", "encoder", "decoder"):
+            if getattr(self, name) is not None:
+                setattr(self, name, absolute_file_spec(getattr(self, name)))
+        model_class(self.model)
+        check_likelihood_spec(self.likelihood)
+        check_prior_spec(self.prior)
+        for kind in ("encoder", "decoder"):
+            if getattr(self, kind) is not None:
+                check_network_spec(getattr(self, kind), kind)
 
     def _check_model_fields(self) -> None:
         """A setting that only another model reads (its ``own_fields``) is refused."""

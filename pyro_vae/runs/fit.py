@@ -1,6 +1,6 @@
 """Train a model end to end: data, model, trainer, run folder, one row of metrics per epoch.
 
-Every model (``--model``, :data:`pyro_vae.models.MODELS`) goes through the same loop: it is
+Every model (``--model``, :func:`pyro_vae.models.model_class`) goes through the same loop: it is
 built by its ``from_config``, trained by the trainer ``--algo`` names, evaluated by the metrics
 and drawn by the figures it lists, and saved in one checkpoint format.
 
@@ -40,7 +40,7 @@ from pyro_vae.infer.mcem import MCEMTrainer
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
-from pyro_vae.models import MODELS, LatentModel
+from pyro_vae.models import LatentModel, model_class
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.folder import Run, default_run_dir
 from pyro_vae.runs.resume import restore
@@ -169,7 +169,7 @@ def _build(
     trains no guide, its encoder is a :class:`PosteriorEncoder`: Gaussians fitted to HMC samples
     of p(z|x), so every evaluation written against ``vae.guide`` (ELBO, IWAE, active units,
     figures) applies."""
-    vae = MODELS[config.model].from_config(config, data_dim, image_shape, prior)
+    vae = model_class(config.model).from_config(config, data_dim, image_shape, prior)
     if config.algo == "mcem":
         settings = chain_settings(config, config.mc_eval_warmup, config.mc_eval_samples)
         vae.encoder = PosteriorEncoder(vae.model, settings, config.z_dim)
@@ -402,12 +402,16 @@ def load_vae(
         config = TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError):
         raise UserError(f"the configuration in {run_dir}'s checkpoint is unreadable") from None
-    if config.model not in MODELS:
-        known = ", ".join(MODELS)
-        raise UserError(f"{run_dir} holds a model {config.model!r} this version lacks ({known})")
     if config.prior == "custom" and prior is None:
-        raise UserError(f"{run_dir} was trained with a custom prior; pass load_vae(..., prior=...)")
-    vae = _build(config, state["data_dim"], prior)
+        raise UserError(
+            f"{run_dir} was trained with a prior module given in Python; pass "
+            "load_vae(..., prior=...), or train with --prior module:Class so that every command "
+            "can rebuild it"
+        )
+    try:
+        vae = _build(config, state["data_dim"], prior)
+    except UserError as exc:  # a plugin that no longer imports, a model this version lacks
+        raise UserError(f"cannot rebuild the model of {run_dir}: {exc}") from None
     try:
         vae.load_state_dict(state["vae"])
     except RuntimeError:

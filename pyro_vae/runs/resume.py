@@ -20,6 +20,7 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.errors import UserError
+from pyro_vae.plugins import absolute_file_spec
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.folder import Run
 
@@ -44,6 +45,8 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
         raise UserError(f"--resume {run.path}: config.json is unreadable") from None
     for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
         new, old = getattr(requested, name), getattr(saved, name)
+        if isinstance(new, str):  # a plugin file is recorded with its absolute path
+            new = absolute_file_spec(new)
         if new != old:
             flag = "--" + name.replace("_", "-")
             raise UserError(
