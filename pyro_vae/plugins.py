@@ -25,11 +25,16 @@ the first parameter the context does not, and keyword arguments fill the rest. S
 ``MixtureOfGaussiansPrior(z_dim, num_components)`` is ``mog:10`` and a user's
 ``StudentT(z_dim, df=5.0)`` is ``my_priors:StudentT(df=3)``.
 
-Names are looked up among the built-in ones first, then among installed entry points. Importing
-a plugin runs its code: load runs only from sources you trust (docs/reliability.md).
+Names are looked up among the built-in ones first, then among installed entry points.
+
+Importing a plugin runs its code. A spec read from a run folder (config.json, a fitted code
+prior) is rebuilt under :func:`from_run_folder`: it may import an installed module or a file
+outside the folder, never a module or file that the run folder itself provides, and a file
+only by its absolute path (docs/reliability.md, loading runs from elsewhere).
 """
 
 import ast
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -37,7 +42,8 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +57,32 @@ __all__ = [
     "build",
     "entry_point_names",
     "absolute_file_spec",
+    "from_run_folder",
 ]
+
+_RUN_FOLDER: ContextVar[Path | None] = ContextVar("pyro_vae_run_folder", default=None)
+
+
+@contextlib.contextmanager
+def from_run_folder(folder: str | Path | None) -> Iterator[None]:
+    """Specs resolved inside this block come from ``folder``'s files: importing code that the
+    folder provides (a module or a file inside it, or a file by a relative path) is refused.
+    ``None``: specs given by the user, no restriction."""
+    token = _RUN_FOLDER.set(None if folder is None else Path(folder).resolve())
+    try:
+        yield
+    finally:
+        _RUN_FOLDER.reset(token)
+
+
+def _refuse_run_folder_code(locations: list[Path], flag: str, spec: "Spec") -> None:
+    folder = _RUN_FOLDER.get()
+    for location in locations if folder is not None else ():
+        if location.resolve().is_relative_to(folder):
+            raise UserError(
+                f"{flag} {spec.text}: refusing to import {location}, which the run folder "
+                f"{folder} provides; a run folder is data, not code (docs/reliability.md)"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,9 +177,14 @@ def _is_file(where: str) -> bool:
 def _import(name: str, flag: str, spec: Spec):
     """Import a module, searching the working directory after ``sys.path``; a missing module
     (or one the plugin itself imports) is one line that names it."""
-    cwd = os.getcwd()
-    if importlib.util.find_spec(name.partition(".")[0]) is None and cwd not in sys.path:
+    cwd, top = os.getcwd(), name.partition(".")[0]
+    if importlib.util.find_spec(top) is None and cwd not in sys.path:
         sys.path.append(cwd)  # `pyro-vae` (a console script) does not search the working dir
+    found = importlib.util.find_spec(top)  # locates the top-level module without running it
+    if found is not None:
+        places = [found.origin] if found.has_location and found.origin else []
+        places += list(found.submodule_search_locations or [])
+        _refuse_run_folder_code([Path(p) for p in places], flag, spec)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -163,7 +199,13 @@ def _import(name: str, flag: str, spec: Spec):
 
 def _import_file(path: str, flag: str, spec: Spec):
     """Load a Python file as a module of its own (once per absolute path)."""
+    if _RUN_FOLDER.get() is not None and not Path(path).is_absolute():
+        raise UserError(
+            f"{flag} {spec.text}: a run folder names a plugin file by a relative path; it must "
+            "be absolute (pyro-vae records it so), or the folder's own code could be run"
+        )
     file = Path(path).resolve()
+    _refuse_run_folder_code([file], flag, spec)
     if not file.is_file():
         raise UserError(f"{flag} {spec.text} needs the file {file}, which does not exist")
     name = f"pyro_vae_plugin_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"

@@ -32,7 +32,7 @@ from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import plot_samples
 from pyro_vae.models.code_priors import check_code_prior_spec, make_code_prior
 from pyro_vae.models.vqvae import VQVAE
-from pyro_vae.plugins import absolute_file_spec
+from pyro_vae.plugins import absolute_file_spec, from_run_folder
 from pyro_vae.runs.fit import load_run, load_vae
 from pyro_vae.runs.folder import atomic_write
 
@@ -189,7 +189,8 @@ def load_code_prior(run_dir: str | Path, name: str, prior: nn.Module | None = No
         if state["spec"] == "custom":
             raise UserError(f"prior {name!r} is of your own: pass a fresh instance as prior=")
         try:
-            prior = make_code_prior(state["spec"], model.codebook.size, model.num_positions)
+            with from_run_folder(run_dir):
+                prior = make_code_prior(state["spec"], model.codebook.size, model.num_positions)
         except UserError as exc:  # a plugin that no longer imports
             raise UserError(f"cannot rebuild prior {name!r} of {run_dir}: {exc}") from None
     prior.load_state_dict(state["state"])

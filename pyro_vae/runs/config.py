@@ -23,7 +23,7 @@ from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_scale
 from pyro_vae.models.networks import ARCHS, check_network_spec
 from pyro_vae.models.priors import check_prior_spec
-from pyro_vae.plugins import absolute_file_spec
+from pyro_vae.plugins import absolute_file_spec, from_run_folder
 
 __all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE"]
 
@@ -200,16 +200,19 @@ class TrainConfig:
 
     def _check_plugins(self) -> None:
         """Check every part's spec (imports plugins: a missing module fails here, before any
-        data is read); file paths are made absolute so that the run reloads from anywhere."""
+        data is read); file paths are made absolute so that the run reloads from anywhere. The
+        specs of a resumed run are those of its config.json, checked as such
+        (:func:`~pyro_vae.plugins.from_run_folder`)."""
         for name in ("model", "likelihood", "prior", "encoder", "decoder"):
-            if getattr(self, name) is not None:
+            if getattr(self, name) is not None and self.resume is None:
                 setattr(self, name, absolute_file_spec(getattr(self, name)))
-        model_class(self.model)
-        check_likelihood_spec(self.likelihood)
-        check_prior_spec(self.prior)
-        for kind in ("encoder", "decoder"):
-            if getattr(self, kind) is not None:
-                check_network_spec(getattr(self, kind), kind)
+        with from_run_folder(self.resume):  # a resumed run's specs come from its config.json
+            model_class(self.model)
+            check_likelihood_spec(self.likelihood)
+            check_prior_spec(self.prior)
+            for kind in ("encoder", "decoder"):
+                if getattr(self, kind) is not None:
+                    check_network_spec(getattr(self, kind), kind)
 
     def _check_model_fields(self) -> None:
         """A setting that only another model reads (its ``own_fields``) is refused."""

@@ -19,11 +19,9 @@ Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard e
 
 import copy
 import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from torch import nn
@@ -41,9 +39,10 @@ from pyro_vae.infer.objectives import make_objective
 from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.models import LatentModel, model_class
+from pyro_vae.plugins import from_run_folder
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.folder import Run, default_run_dir
-from pyro_vae.runs.resume import restore
+from pyro_vae.runs.resume import restore, rng_states
 
 Trainer = SVITrainer | EMTrainer | MCEMTrainer
 
@@ -81,7 +80,8 @@ def setup(
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = run_data(config)
-    vae = _build(config, data.data_dim, prior, data.image_shape)
+    with from_run_folder(config.resume):  # a resumed run's parts are named by its config.json
+        vae = _build(config, data.data_dim, prior, data.image_shape)
     _check_data(vae, data)
     vae.to(config.device)
     distributed.broadcast_module(vae)
@@ -366,12 +366,7 @@ def checkpoint_state(
     Under torchrun (a collective: every rank calls it) ``rng_ranks`` holds every rank's RNG
     states, gathered to each rank, and ``world_size`` the number of ranks.
     """
-    rng = {
-        "torch": torch.get_rng_state(),
-        "data": data_rng.get_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+    rng = rng_states(data_rng)
     state = {
         "config": config.to_dict(),
         "data_dim": data.data_dim,
@@ -409,7 +404,8 @@ def load_vae(
             "can rebuild it"
         )
     try:
-        vae = _build(config, state["data_dim"], prior)
+        with from_run_folder(run_dir):
+            vae = _build(config, state["data_dim"], prior)
     except UserError as exc:  # a plugin that no longer imports, a model this version lacks
         raise UserError(f"cannot rebuild the model of {run_dir}: {exc}") from None
     try:

@@ -3,12 +3,20 @@
 Files are written so that an interruption never corrupts what is already there: the checkpoint
 and the config are written to a temporary file and renamed into place; metrics rows are appended
 and flushed one at a time.
+
+A run folder is data, not code. ``checkpoint.pt`` holds only tensors, numbers, strings, lists,
+tuples and dicts, and is read with ``torch.load(..., weights_only=True)``: a file that carries
+any other Python object (whose unpickling could run code) is refused with one line that names
+the objects, and nothing of it runs. Checkpoints of format version 1 stored numpy's RNG state
+as a numpy array; they load under the same restricted reader with numpy arrays of plain numbers
+allowed (no code runs either), and the next save writes version 2.
 """
 
 import csv
 import io
 import json
 import os
+import pickle
 import platform
 import time
 from collections.abc import Callable
@@ -21,7 +29,7 @@ from pyro_vae.errors import UserError
 __all__ = ["Run", "library_versions", "default_run_dir", "atomic_write"]
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: no numpy objects (weights_only); 1: numpy's RNG state as an array
 
 
 def library_versions() -> dict[str, str]:
@@ -133,17 +141,58 @@ class Run:
         atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))
 
     def load_checkpoint(self) -> dict:
-        """The checkpoint's contents; a missing, corrupt or foreign file is a :class:`UserError`."""
+        """The checkpoint's contents; a missing, corrupt, foreign or unsafe file is a
+        :class:`UserError`, and nothing in it runs (module docstring)."""
         path = self.checkpoint_path
         if not path.is_file():
             raise UserError(f"no checkpoint at {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UserError(_refusal(path, exc)) from None
         except Exception as exc:  # torch raises many types for truncated or foreign files
             raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a pyro-vae checkpoint")
         return state
+
+
+def _numpy_arrays() -> list:
+    """What version-1 checkpoints need beyond plain data: numpy arrays of plain numbers (its RNG
+    state). Rebuilding one calls no code of the file's choosing."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [
+        _reconstruct,
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),  # written under numpy 1
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),  # written under numpy 2
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
+
+
+_NUMPY_ARRAYS = _numpy_arrays()
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """The one line that refuses a checkpoint the restricted reader will not load."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
+    except Exception:
+        names = []
+    if not names:
+        return f"cannot read checkpoint {path}: {type(exc).__name__}"
+    return (
+        f"refusing checkpoint {path}: it holds Python objects other than tensors and plain data "
+        f"({', '.join(names[:3])}), and loading those could run code; a pyro-vae checkpoint "
+        "never does (see docs/reliability.md, loading runs from elsewhere)"
+    )
 
 
 def _fmt(value) -> str:

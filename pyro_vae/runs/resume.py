@@ -24,7 +24,7 @@ from pyro_vae.plugins import absolute_file_spec
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.folder import Run
 
-__all__ = ["resume_config", "restore"]
+__all__ = ["resume_config", "restore", "rng_states", "set_rng_states"]
 
 # Settings a resumed run may change: they do not alter what the remaining epochs compute.
 ADJUSTABLE = ("epochs", "quiet", "data_dir", "device", "checkpoint_every")
@@ -87,8 +87,42 @@ def restore(state: dict, vae, trainer, data_rng: torch.Generator, epochs: int) -
     except (RuntimeError, KeyError, ValueError):
         raise UserError("the checkpoint does not match the run's configuration") from None
     rng = state["rng_ranks"][distributed.rank()] if "rng_ranks" in state else state["rng"]
+    set_rng_states(rng, data_rng)
+    return epoch
+
+
+def rng_states(data_rng: torch.Generator) -> dict:
+    """This process's torch, data, numpy and Python RNG states as tensors and plain data (what a
+    checkpoint read with ``weights_only=True`` can hold)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+    return {
+        "torch": torch.get_rng_state(),
+        "data": data_rng.get_state(),
+        "numpy": numpy_state,
+        "python": random.getstate(),  # (int, tuple of ints, float or None): plain data
+    }
+
+
+def set_rng_states(rng: dict, data_rng: torch.Generator) -> None:
+    """Restore :func:`rng_states` (or a version-1 checkpoint's, with numpy's state as saved)."""
     torch.set_rng_state(rng["torch"])
     data_rng.set_state(rng["data"])
-    np.random.set_state(rng["numpy"])
+    numpy_state = rng["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = numpy_state["keys"].numpy().astype(np.uint32)
+        numpy_state = (
+            numpy_state["name"],
+            keys,
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)
     random.setstate(rng["python"])
-    return epoch
