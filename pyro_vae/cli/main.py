@@ -13,6 +13,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
+from pyro_vae.infer.schedules import SCHEDULES
 from pyro_vae.models import model_class
 from pyro_vae.models.code_priors import CODE_PRIOR_HELP, check_code_prior_spec
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
@@ -23,7 +24,7 @@ from pyro_vae.models.likelihoods import (
     check_likelihood_spec,
     parse_gaussian_scale,
 )
-from pyro_vae.models.networks import ARCHS, check_network_spec
+from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
 from pyro_vae.runs.config import ALGOS, TrainConfig
 
@@ -160,6 +161,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help=PRIOR_HELP,
     )
     model.add_argument("--arch", choices=ARCHS, default=d.arch, help="encoder/decoder networks")
+    model.add_argument(
+        "--activation",
+        choices=tuple(ACTIVATIONS),
+        default=d.activation,
+        help="hidden nonlinearity of --arch mlp (Burda et al. 2016: tanh)",
+    )
     for kind in ("encoder", "decoder"):
         model.add_argument(
             f"--{kind}",
@@ -239,6 +246,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=positive_int, default=d.epochs)
     train.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     train.add_argument("--lr", type=positive_float, default=d.lr)
+    train.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default=d.lr_schedule,
+        help="burda: 3^i epochs at lr * 10^(-i/7), i = 0..7 (3280 epochs); cosine: to 0 over "
+        "--epochs; plateau: halve after 10 epochs without a better validation ELBO",
+    )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     train.add_argument(

@@ -257,6 +257,10 @@ class EMTrainer:
         }
 
     # --- checkpoints --------------------------------------------------------------------------
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers a learning-rate schedule scales (the E-step's and the M-step's)."""
+        return [opt for opt in (self.e_optimizer, self.m_optimizer) if opt is not None]
+
     def state_dict(self) -> dict:
         return {
             "e_optimizer": self.e_optimizer.state_dict() if self.e_optimizer else None,

@@ -141,6 +141,10 @@ class MCEMTrainer:
             "val_mi": None,
         }
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers a learning-rate schedule scales."""
+        return [self.optimizer]
+
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),

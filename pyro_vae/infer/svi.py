@@ -207,6 +207,10 @@ class SVITrainer:
         self.vae.train()
         return epoch_loop(self.step, x, batch_size, generator, progress, description)
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers a learning-rate schedule scales."""
+        return [self.optimizer]
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "step_count": self.step_count}
 

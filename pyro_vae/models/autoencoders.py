@@ -153,6 +153,7 @@ class Autoencoder(LatentModel):
             image_shape,
             config.encoder,
             config.decoder,
+            config.activation,
         )
         return cls(
             encoder,

@@ -32,6 +32,7 @@ from pyro_vae.plugins import build, check_spec
 
 __all__ = [
     "ARCHS",
+    "ACTIVATIONS",
     "ENCODER_CONTEXT",
     "DECODER_CONTEXT",
     "check_network_spec",
@@ -57,11 +58,18 @@ DECODER_CONTEXT = ("z_dim", "data_dim", "hidden_dims", "image_shape", "params_pe
 _CONTEXTS = {"encoder": ENCODER_CONTEXT, "decoder": DECODER_CONTEXT}
 
 
-def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
-    """A ReLU multilayer perceptron in_dim -> hidden_dims... -> out_dim (no final activation)."""
+#: ``--activation``: the nonlinearity of the MLPs' hidden layers (Burda et al. 2016 used tanh).
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
+
+
+def mlp(
+    in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str = "relu"
+) -> nn.Sequential:
+    """A multilayer perceptron in_dim -> hidden_dims... -> out_dim with ``activation`` (a name
+    in :data:`ACTIVATIONS`) after each hidden layer and no final activation."""
     layers: list[nn.Module] = []
     for width in hidden_dims:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -75,10 +83,15 @@ class MLPEncoder(nn.Module):
     """
 
     def __init__(
-        self, data_dim: int, hidden_dims: Sequence[int], z_dim: int, min_scale: float = 1e-4
+        self,
+        data_dim: int,
+        hidden_dims: Sequence[int],
+        z_dim: int,
+        min_scale: float = 1e-4,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.net = mlp(data_dim, hidden_dims, 2 * z_dim)
+        self.net = mlp(data_dim, hidden_dims, 2 * z_dim, activation)
         self.min_scale = min_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +102,11 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """z -> the likelihood's parameters (Bernoulli logits or Gaussian means), one per pixel."""
 
-    def __init__(self, z_dim: int, hidden_dims: Sequence[int], data_dim: int) -> None:
+    def __init__(
+        self, z_dim: int, hidden_dims: Sequence[int], data_dim: int, activation: str = "relu"
+    ) -> None:
         super().__init__()
-        self.net = mlp(z_dim, hidden_dims, data_dim)
+        self.net = mlp(z_dim, hidden_dims, data_dim, activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -160,11 +175,13 @@ def build_networks(
     image_shape: tuple[int, int] = (28, 28),
     encoder: str | None = None,
     decoder: str | None = None,
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder ``--arch`` names: ``mlp`` (the decoder mirrors ``hidden_dims``)
     or ``conv`` (``image_shape`` images; ``hidden_dims`` unused); the decoder's output has the
     ``likelihood``'s ``params_per_dim`` values per data dimension. ``encoder`` / ``decoder``:
-    specs of networks of your own that replace that half of the pair."""
+    specs of networks of your own that replace that half of the pair; ``activation``: the
+    MLPs' nonlinearity (:data:`ACTIVATIONS`)."""
     params_per_dim = getattr(likelihood, "params_per_dim", 1)
     context = {
         "data_dim": data_dim,
@@ -176,7 +193,9 @@ def build_networks(
     }
     pair = (None, None)
     if encoder is None or decoder is None:
-        pair = _arch_networks(arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape)
+        pair = _arch_networks(
+            arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape, activation
+        )
     if encoder is not None:
         pair = (build(encoder, "encoder", "--encoder", {}, context, expect=nn.Module), pair[1])
     if decoder is not None:
@@ -189,10 +208,11 @@ def check_network_spec(spec: str, kind: str) -> None:
     check_spec(spec, kind, f"--{kind}", {}, _CONTEXTS[kind], nn.Module)
 
 
-def _arch_networks(arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape):
+def _arch_networks(arch, data_dim, z_dim, hidden_dims, params_per_dim, image_shape, activation):
     if arch == "mlp":
-        encoder = MLPEncoder(data_dim, hidden_dims, z_dim)
-        decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), params_per_dim * data_dim)
+        encoder = MLPEncoder(data_dim, hidden_dims, z_dim, activation=activation)
+        out_dim = params_per_dim * data_dim
+        decoder = MLPDecoder(z_dim, tuple(reversed(hidden_dims)), out_dim, activation)
         return encoder, decoder
     if arch == "conv":
         if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:

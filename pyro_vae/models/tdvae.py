@@ -162,6 +162,11 @@ class TDVAE(LatentModel):
             (config.algo == "mcem", "--algo mcem", "it needs its guide"),
             (config.arch != "mlp", f"--arch {config.arch}", "its networks are MLPs and an LSTM"),
             (
+                config.activation != "relu",
+                f"--activation {config.activation}",
+                "its networks have fixed nonlinearities",
+            ),
+            (
                 config.encoder is not None or config.decoder is not None,
                 "--encoder / --decoder",
                 "its networks are MLPs and an LSTM",

@@ -100,6 +100,7 @@ class VAE(LatentModel):
             corrupt=config.corrupt,
             encoder=config.encoder,
             decoder=config.decoder,
+            activation=config.activation,
             vae_class=cls,
         )
         if config.elbo == "meanfield" and not has_closed_form_kl(vae.prior, config.z_dim):
@@ -185,6 +186,7 @@ def build_vae(
     encoder: str | None = None,
     decoder: str | None = None,
     vae_class: type[VAE] = VAE,
+    activation: str = "relu",
 ) -> VAE:
     """A VAE from command-line names: by default MLP encoder and decoder, N(0, I) prior.
 
@@ -193,11 +195,11 @@ def build_vae(
     (``image_shape`` images; ``hidden_dims`` unused); ``encoder`` / ``decoder`` specs of
     networks of your own (:func:`~pyro_vae.models.networks.build_networks`); ``corrupt`` a
     ``--corrupt`` spec for the denoising VAE; ``vae_class`` the class to build (a subclass of
-    :class:`VAE`, as ``--model my_models:MyVAE`` names).
+    :class:`VAE`, as ``--model my_models:MyVAE`` names); ``activation`` the MLPs' nonlinearity.
     """
     lik = make_likelihood(likelihood, data_dim, gaussian_scale)
     encoder_net, decoder_net = build_networks(
-        arch, data_dim, z_dim, hidden_dims, lik, image_shape, encoder, decoder
+        arch, data_dim, z_dim, hidden_dims, lik, image_shape, encoder, decoder, activation
     )
     if isinstance(prior, str):
         prior = make_prior(prior, z_dim, encoder_net, data_dim)

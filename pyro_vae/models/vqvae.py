@@ -125,6 +125,11 @@ class VQVAE(LatentModel):
                 "with: pyro-vae fit-prior RUN --prior categorical|transformer",
             ),
             (
+                config.activation != "relu",
+                f"--activation {config.activation}",
+                "its grid networks have ReLU layers",
+            ),
+            (
                 config.encoder is not None or config.decoder is not None,
                 "--encoder / --decoder",
                 "its networks map images to grids of code vectors; use --arch mlp|conv",

@@ -17,11 +17,12 @@ from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
+from pyro_vae.infer.schedules import SCHEDULES
 from pyro_vae.models import MODELS, model_class
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_scale
-from pyro_vae.models.networks import ARCHS, check_network_spec
+from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import check_prior_spec
 from pyro_vae.plugins import absolute_file_spec, from_run_folder
 
@@ -55,6 +56,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # bernoulli | gaussian | continuous-bernoulli | your own
     prior: str = "normal"  # normal | mog:K | vamp:K | flow:L | your own | custom (given to fit)
     arch: str = "mlp"  # mlp | conv
+    activation: str = "relu"  # relu | tanh | softplus | elu: the MLPs' hidden nonlinearity
     encoder: str | None = None  # a network of your own instead of --arch's encoder
     decoder: str | None = None  # ... and decoder
     gaussian_scale: str = "pixel"  # fixed:S | global | pixel | decoder
@@ -75,6 +77,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | burda | cosine | plateau (pyro_vae/infer/schedules)
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
@@ -124,6 +127,8 @@ class TrainConfig:
             "arch": ARCHS,
             "device": ("cpu", "cuda"),
             "codebook_update": CODEBOOK_UPDATES,
+            "activation": tuple(ACTIVATIONS),
+            "lr_schedule": SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -149,6 +154,13 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
             self.val_size = AGGRESSIVE_VAL_SIZE  # recorded in config.json; fit says so
+        if self.lr_schedule == "plateau" and self.val_size == 0:
+            raise UserError(
+                "--lr-schedule plateau watches the validation ELBO: give --val-size N "
+                "(training images held out)"
+            )
+        if self.activation != "relu" and self.arch != "mlp":
+            raise UserError(f"--activation applies to --arch mlp, not --arch {self.arch}")
         if self.mc_eval_samples < 2:
             raise UserError("--mc-eval-samples must be at least 2 (a proposal's spread needs two)")
         if min(self.mc_warmup, self.mc_eval_warmup) < 0 or not 0 < self.mc_target_accept < 1:

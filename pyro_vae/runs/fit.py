@@ -37,6 +37,7 @@ from pyro_vae.infer.em import EMTrainer
 from pyro_vae.infer.mcem import MCEMTrainer
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
+from pyro_vae.infer.schedules import EpochSchedule
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.models import LatentModel, model_class
 from pyro_vae.plugins import from_run_folder
@@ -199,12 +200,13 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     checkpoint untouched (:class:`TrainingDiverged`).
     """
     data, vae, trainer, data_rng = setup(config, prior)
+    schedule = EpochSchedule(config.lr_schedule, trainer.optimizers(), config.epochs)
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
     if config.resume:
         run = Run(config.resume)
-        done = restore(
-            distributed.on_main(run.load_checkpoint), vae, trainer, data_rng, config.epochs
-        )
+        state = distributed.on_main(run.load_checkpoint)
+        done = restore(state, vae, trainer, data_rng, config.epochs)
+        schedule.load_state_dict(state.get("schedule", []))
         if main:
             run.truncate_metrics(done)
     else:
@@ -218,9 +220,13 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     try:
         for epoch in range(done + 1, config.epochs + 1):
             row = train_one_epoch(config, data, vae, trainer, data_rng, epoch)
+            if schedule.schedulers:  # the rate this epoch trained with, then the next one's
+                row["lr"] = schedule.lr()
+            schedule.step(row["val_elbo"])
             if main:
                 run.log(row)
             state = checkpoint_state(config, data, vae, trainer, epoch, data_rng)
+            state["schedule"] = schedule.state_dict()
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                 if main:
                     run.save_checkpoint(state)
