@@ -29,6 +29,7 @@ after ``backward`` is what DDP computes, for any group.
 
 import atexit
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -90,6 +91,7 @@ def _shutdown() -> None:
             dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
         except RuntimeError:
             pass  # a rank has gone: nothing left to wait for
+    gc.collect()  # release finished work handles (and their tensors) while Python is whole
     dist.destroy_process_group()
 
 
