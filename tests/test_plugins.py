@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import run_main  # one line per mistake: (exit code, stderr)
 
 from pyro_vae import load_vae
 from pyro_vae.cli.main import main
@@ -102,14 +103,6 @@ def plugin_dir(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "my_parts", raising=False)
     yield folder
     sys.modules.pop("my_parts", None)
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def train_flags(data_dir: Path, out: Path) -> list[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cli import run_main  # one line per mistake: (exit code, stderr)
 
 from pyro_vae import TrainConfig, fit, load_vae
-from pyro_vae.cli.main import main
 from pyro_vae.errors import UserError
 from pyro_vae.runs.fit import checkpoint_state, setup, train_one_epoch
 from pyro_vae.runs.folder import Run
@@ -41,14 +41,6 @@ def small_config(data_dir: Path, out: Path, **changes) -> TrainConfig:
         out=str(out),
     )
     return dataclasses.replace(config, **changes)
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_a_checkpoint_carrying_code_is_refused_by_every_command(fake_data_dir, tmp_path, capsys):

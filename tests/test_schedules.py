@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from test_cli import run_main
 from torch import nn
 
 from pyro_vae import TrainConfig, fit, load_vae
-from pyro_vae.cli.main import main
 from pyro_vae.errors import TrainingInterrupted
 from pyro_vae.infer.schedules import PLATEAU_PATIENCE, EpochSchedule, burda_factor
 from pyro_vae.runs import fit as fit_module
@@ -138,9 +138,5 @@ def test_activation_reaches_every_mlp_layer(fake_data_dir, tmp_path):
     ],
 )
 def test_bad_schedule_flags_give_one_line_and_exit_2(capsys, flags, message):
-    try:
-        code = main(["train", *flags])
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = run_main(capsys, "train", *flags)
     assert code == 2 and message in err and err.count("\n") == 1, err
