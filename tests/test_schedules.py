@@ -85,6 +85,25 @@ def small_config(data_dir, out, **changes) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def fit_interrupted_then_resumed(monkeypatch, make_config, epoch: int):
+    """``fit(make_config())`` stopped by Ctrl-C in ``epoch``, then resumed to its end; the
+    resumed :class:`Run`. ``make_config(**changes)`` builds the run's settings."""
+    calls, real = [], fit_module.train_one_epoch
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        fit(make_config())
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    config = make_config()
+    return fit(make_config(resume=config.out))
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -97,22 +116,9 @@ def small_config(data_dir, out, **changes) -> TrainConfig:
 def test_schedule_state_survives_resume_bitwise(fake_data_dir, tmp_path, changes, monkeypatch):
     """A run interrupted after epoch 2 of 4 and resumed ends as the uninterrupted one."""
     straight = fit(small_config(fake_data_dir, tmp_path / "straight", **changes))
-    calls, real = [], fit_module.train_one_epoch
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(fit_module, "train_one_epoch", interrupted)
-    with pytest.raises(TrainingInterrupted):
-        fit(small_config(fake_data_dir, tmp_path / "resumed", **changes))
-    monkeypatch.setattr(fit_module, "train_one_epoch", real)
-    resumed = fit(
-        small_config(
-            fake_data_dir, tmp_path / "resumed", resume=str(tmp_path / "resumed"), **changes
-        )
+    out = tmp_path / "resumed"
+    resumed = fit_interrupted_then_resumed(
+        monkeypatch, lambda **more: small_config(fake_data_dir, out, **changes, **more), 3
     )
     a, b = Run(straight.path).load_checkpoint(), Run(resumed.path).load_checkpoint()
     assert all(torch.equal(a["vae"][k], b["vae"][k]) for k in a["vae"])

@@ -27,6 +27,8 @@ from pyro_vae.models.likelihoods import (
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
 from pyro_vae.runs.config import ALGOS, TrainConfig
+from pyro_vae.runs.config_file import read_config_file
+from pyro_vae.runs.folder import CHECKPOINTS
 
 __all__ = [
     "main",
@@ -89,8 +91,16 @@ def spec_type(parse: Callable[[str], object]):
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a training run; defaults come from :class:`TrainConfig`."""
+    """The flags of a training run; defaults come from :class:`TrainConfig`, then from
+    ``--config FILE``, then from the flags given."""
     d = TrainConfig()
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="settings from a TOML recipe (see recipes/) or a run's config.json; flags given "
+        "on the command line override them",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=d.dataset)
     data.add_argument(
@@ -253,6 +263,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="burda: 3^i epochs at lr * 10^(-i/7), i = 0..7 (3280 epochs); cosine: to 0 over "
         "--epochs; plateau: halve after 10 epochs without a better validation ELBO",
     )
+    train.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better validation ELBO (needs --val-size; "
+        "best.pt keeps the best epoch whenever there is a validation set)",
+    )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     train.add_argument(
@@ -317,6 +335,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every", type=positive_int, default=d.checkpoint_every, metavar="EPOCHS"
     )
     out.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log every metric, reconstructions and samples to RUN/tensorboard "
+        "(pip install 'pyro-vae[tensorboard]')",
+    )
+    out.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
@@ -333,8 +357,11 @@ def train_parser(prog: str | None = None, description: str | None = None) -> One
 def config_from_args(
     args: argparse.Namespace, argv: Sequence[str] | None = None, algo: str = "svi"
 ) -> TrainConfig:
-    """The config the flags ask for; with ``--resume``, the run's saved config, checked
-    against the flags given in ``argv`` (default ``sys.argv``)."""
+    """The config the flags ask for: defaults, overridden by ``--config FILE``, overridden by
+    the flags given in ``argv`` (default ``sys.argv``); with ``--resume``, the run's saved
+    config, checked against the flags given."""
+    given = given_fields(argv)
+    apply_config_file(args, given)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
     fields.setdefault("algo", algo)
@@ -343,10 +370,26 @@ def config_from_args(
         return config
     from pyro_vae.runs.resume import resume_config
 
+    return resume_config(config, given)
+
+
+def given_fields(argv: Sequence[str] | None = None) -> set[str]:
+    """The :class:`TrainConfig` fields whose flags appear in ``argv`` (default ``sys.argv``)."""
     argv = sys.argv[1:] if argv is None else argv
     flags = {a.split("=")[0].replace("--no-", "--", 1) for a in argv}  # --no-restart-codes
-    given = {name for name in fields if _flag(name) in flags}
-    return resume_config(config, given)
+    return {name for name in TrainConfig.__dataclass_fields__ if _flag(name) in flags}
+
+
+def apply_config_file(args: argparse.Namespace, given: set[str], skip: Sequence[str] = ()) -> None:
+    """Fill ``args`` from ``args.config`` (a recipe or a run's config.json), except the
+    settings ``given`` on the command line and those in ``skip``."""
+    if args.config is None:
+        return
+    if args.resume is not None:
+        raise UserError("--config starts a new run; --resume continues one with its own settings")
+    for name, value in read_config_file(args.config).items():
+        if name not in given and name not in skip:
+            setattr(args, name, list(value) if name == "hidden_dims" else value)
 
 
 def _flag(name: str) -> str:
@@ -454,10 +497,14 @@ def compare_parser(prog: str | None = None, description: str | None = None) -> O
     return parser
 
 
-def run_compare(args: argparse.Namespace) -> None:
-    """Train and compare the runs ``compare_parser``'s ``args`` describe; print the table."""
+def run_compare(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
+    """Train and compare the runs ``compare_parser``'s ``args`` describe; print the table.
+
+    ``--config FILE`` fills the settings the flags in ``argv`` (default ``sys.argv``) leave
+    out, except the lists compare takes itself (models, algorithms, E-step rules, folder)."""
     from pyro_vae.cli.compare import compare, compare_configs
 
+    apply_config_file(args, given_fields(argv), skip=("model", "algo", "e_rule", "out"))
     result = compare(compare_configs(args), args.out)
     print(result.markdown)
     print(f"figure: {result.figure}")
@@ -466,7 +513,15 @@ def run_compare(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from pyro_vae.cli.posthoc import eval_table, evaluate_run
 
-    result = evaluate_run(args.run_dir, args.iw_samples, args.limit, args.data_dir, args.corrupt)
+    result = evaluate_run(
+        args.run_dir,
+        args.iw_samples,
+        args.limit,
+        args.data_dir,
+        args.corrupt,
+        args.checkpoint,
+        progress=not args.quiet,
+    )
     print(eval_table(result))
     if (Path(args.run_dir) / "priors").is_dir():  # a VQ-VAE with priors fitted to its codes
         from pyro_vae.runs.code_prior import prior_table
@@ -479,7 +534,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from pyro_vae.cli.posthoc import plot_run
 
-    for path in plot_run(args.run_dir, args.data_dir):
+    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint):
         print(path)
 
 
@@ -500,10 +555,17 @@ def add_posthoc_commands(commands) -> None:
         metavar="SPEC",
         help=f"also reconstruct from corrupted test images: {CORRUPT_HELP}",
     )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="regenerate a run's figures")
     plot.add_argument("run_dir", metavar="RUN_DIR")
     for sub in (evaluate, plot):
         sub.add_argument("--data-dir", default=None, help="override the run's data folder")
+        sub.add_argument(
+            "--checkpoint",
+            choices=tuple(CHECKPOINTS),
+            default="last",
+            help="last: checkpoint.pt; best: best.pt, the best validation ELBO (--val-size runs)",
+        )
 
 
 def add_fit_prior_command(commands) -> None:
@@ -564,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args, argv)))
     if args.command == "compare":
-        return run_cli(lambda: run_compare(args))
+        return run_cli(lambda: run_compare(args, argv))
     if args.command == "evaluate":
         return run_cli(lambda: _evaluate(args))
     if args.command == "plot":

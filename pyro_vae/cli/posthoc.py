@@ -30,12 +30,16 @@ def evaluate_run(
     limit: int | None = None,
     data_dir: str | None = None,
     corrupt: str | None = None,
+    checkpoint: str = "last",
+    progress: bool = False,
 ) -> dict:
-    """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``.
+    """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``
+    (``eval-best.json`` for ``checkpoint="best"``, the best validation ELBO's ``best.pt``).
 
     The metrics are those that apply to the run's model; ``not_applicable`` in the result says
     why the others are left out. ``corrupt`` (a ``--corrupt`` spec) adds the reconstruction from
     corrupted test images, for any model (a denoising run reports its own corruption anyway).
+    ``progress``: a progress bar with the time left while the log-likelihood is estimated.
     """
     if corrupt is not None:
         parse_corruption(corrupt)
@@ -43,13 +47,14 @@ def evaluate_run(
         raise UserError(f"--iw-samples must be positive (got {iw_samples})")
     if limit is not None and limit <= 0:
         raise UserError(f"--limit must be positive (got {limit})")
-    vae, data, epoch = load_run(run_dir, data_dir)
+    vae, data, epoch = load_run(run_dir, data_dir, checkpoint)
     x = data.test[:limit] if limit else data.test
     start = time.perf_counter()
-    metrics = heldout_metrics(vae, x, iw_samples, corrupt)
+    metrics = heldout_metrics(vae, x, iw_samples, corrupt, progress)
     result = {
         "run": str(run_dir),
         "model": type(vae).__name__,
+        "checkpoint": checkpoint,
         "epoch": epoch,
         "num_test": int(x.shape[0]),
         "iw_samples": iw_samples,
@@ -59,7 +64,7 @@ def evaluate_run(
         "machine": machine_description(),
         "versions": library_versions(),
     }
-    path = Path(run_dir) / "eval.json"
+    path = Path(run_dir) / ("eval.json" if checkpoint == "last" else f"eval-{checkpoint}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -118,7 +123,11 @@ def eval_table(result: dict) -> str:
     ]
     lines = [
         ("run folder", result["run"]),
-        ("test images", f"{result['num_test']}  (checkpoint of epoch {result['epoch']})"),
+        (
+            "test images",
+            f"{result['num_test']}  ({result.get('checkpoint', 'last')} checkpoint, "
+            f"epoch {result['epoch']})",
+        ),
     ]
     values = result | {"horizon": len(result.get("rollout_bce", ()))}
     lines += [(name, fmt.format(**values)) for key, name, fmt in rows if key in result]
@@ -127,10 +136,16 @@ def eval_table(result: dict) -> str:
     return "\n".join(f"{name:<16} {value}" for name, value in lines)
 
 
-def plot_run(run_dir: str | Path, data_dir: str | None = None) -> list[Path]:
-    """Regenerate every figure of a run into its ``figures/`` folder."""
-    vae, data, _ = load_run(run_dir, data_dir)
+def plot_run(
+    run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last"
+) -> list[Path]:
+    """Regenerate every figure of a run into its ``figures/`` folder (``figures-best/`` for the
+    ``best.pt`` checkpoint)."""
+    vae, data, _ = load_run(run_dir, data_dir, checkpoint)
     run = Run(run_dir)
+    folder = run.figures_dir
+    if checkpoint != "last":
+        folder = folder.with_name(f"figures-{checkpoint}")
     return write_figures(
-        vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
+        vae, data.test, run.read_metrics(), folder, data.image_shape, data.test_labels
     )

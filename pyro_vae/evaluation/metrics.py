@@ -25,11 +25,13 @@ log-likelihood over ranks and reduces them; active units (deterministic) are com
 rank and mutual information (random) is rank 0's, so every rank gets the same numbers.
 """
 
+import functools
 import math
 from collections.abc import Callable
 
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from pyro_vae import distributed
 from pyro_vae.errors import UserError
@@ -73,8 +75,10 @@ def log_likelihood(
     num_samples: int = 5000,
     batch_size: int = 100,
     sample_chunk: int = 100,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Importance-weighted estimates L_K(x_n) of log p(x_n), shape (N,), in nats.
+    """Importance-weighted estimates L_K(x_n) of log p(x_n), shape (N,), in nats; ``progress``
+    shows a bar (tqdm, on stderr) over the data points with the time left.
 
     The K = ``num_samples`` log-weights log p(x, z_k) - log q(z_k|x) of each data point (from
     :func:`pyro_vae.infer.traces.log_densities`, so the densities are the model's and guide's own,
@@ -95,7 +99,14 @@ def log_likelihood(
     was_training = vae.training
     vae.eval()
     out = []
-    with pyro.validation_enabled(False):
+    bar = tqdm(
+        total=x.shape[0],
+        desc=f"L_{num_samples}",
+        unit="image",
+        disable=not progress,
+        leave=False,
+    )
+    with pyro.validation_enabled(False), bar:
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             total = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
@@ -104,6 +115,7 @@ def log_likelihood(
                 log_w = log_densities(vae.model, vae.guide, xb, k).log_weights()
                 total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
             out.append(total - math.log(num_samples))
+            bar.update(xb.shape[0])
     vae.train(was_training)
     return torch.cat(out)
 
@@ -214,8 +226,10 @@ def _elbo(model: LatentModel, x: torch.Tensor, iw_samples: int) -> dict:
     return evaluate_elbo(model, x, num_samples=10)
 
 
-def _log_likelihood(model: LatentModel, x: torch.Tensor, iw_samples: int) -> dict:
-    iwae, sem = log_likelihood_mean_sem(model, x, iw_samples)
+def _log_likelihood(
+    model: LatentModel, x: torch.Tensor, iw_samples: int, progress: bool = False
+) -> dict:
+    iwae, sem = log_likelihood_mean_sem(model, x, iw_samples, progress)
     return {"iwae": iwae, "iwae_sem": sem}
 
 
@@ -237,7 +251,11 @@ METRICS: dict[str, Callable[[LatentModel, torch.Tensor, int], dict]] = {
 
 
 def heldout_metrics(
-    vae: LatentModel, x: torch.Tensor, iw_samples: int, corrupt: str | None = None
+    vae: LatentModel,
+    x: torch.Tensor,
+    iw_samples: int,
+    corrupt: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Every held-out number that applies to a model, on ``x``.
 
@@ -246,13 +264,17 @@ def heldout_metrics(
     ``iw_samples``) and ``iwae_sem`` (its standard error over data points), ``active_units`` and
     ``mutual_info``; for other models those in ``vae.metrics``, and under ``not_applicable`` the
     reason each standard metric is left out. ``corrupt``: also the denoising metrics with that
-    corruption (any model; a denoising model uses its own corruption by default).
+    corruption (any model; a denoising model uses its own corruption by default). ``progress``:
+    a progress bar over the log-likelihood's data points, the one long estimate.
     """
     _check_positive("iw_samples", iw_samples)
     result: dict = {}
     for name in vae.metrics:
+        estimate = METRICS[name]
+        if name == "log_likelihood":
+            estimate = functools.partial(_log_likelihood, progress=progress)
         if name != "denoising" or corrupt is None:
-            result |= METRICS[name](vae, x, iw_samples)
+            result |= estimate(vae, x, iw_samples)
     if corrupt is not None:
         result |= denoising_metrics(vae, x, corrupt)
     if vae.not_applicable:
@@ -261,16 +283,18 @@ def heldout_metrics(
 
 
 def log_likelihood_mean_sem(
-    vae: LatentModel, x: torch.Tensor, iw_samples: int
+    vae: LatentModel, x: torch.Tensor, iw_samples: int, progress: bool = False
 ) -> tuple[float, float]:
     """Mean of L_K (:func:`log_likelihood`) over ``x`` and its standard error; under
-    torch.distributed each rank scores its shard and the sums are reduced."""
+    torch.distributed each rank scores its shard and the sums are reduced (``progress``: a bar
+    on rank 0)."""
     if not distributed.active():
-        ll = log_likelihood(vae, x, num_samples=iw_samples)
+        ll = log_likelihood(vae, x, num_samples=iw_samples, progress=progress)
         sem = ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
         return ll.mean().item(), sem
     local = distributed.shard(x)
-    ll = log_likelihood(vae, local, iw_samples) if len(local) else local.new_zeros(0)
+    show = progress and distributed.is_main()
+    ll = log_likelihood(vae, local, iw_samples, progress=show) if len(local) else local.new_zeros(0)
     ll = ll.double()
     n, total, squares = distributed.all_sum([len(ll), ll.sum().item(), ll.square().sum().item()])
     mean = total / n

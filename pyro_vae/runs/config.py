@@ -25,6 +25,7 @@ from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_sc
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import check_prior_spec
 from pyro_vae.plugins import absolute_file_spec, from_run_folder
+from pyro_vae.runs.tensorboard import check_available as check_tensorboard
 
 __all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE"]
 
@@ -78,6 +79,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | burda | cosine | plateau (pyro_vae/infer/schedules)
+    early_stopping: int | None = None  # stop after this many epochs without a better val ELBO
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
@@ -109,6 +111,7 @@ class TrainConfig:
     overwrite: bool = False
     quiet: bool = False
     checkpoint_every: int = 1
+    tensorboard: bool = False  # also log to RUN/tensorboard (pyro_vae/runs/tensorboard.py)
     resume: str | None = None  # a run folder to continue (see pyro_vae/runs/resume.py)
 
     def validate(self) -> "TrainConfig":
@@ -154,11 +157,19 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
         if self.algo == "em" and self.e_rule == "aggressive" and self.val_size == 0:
             self.val_size = AGGRESSIVE_VAL_SIZE  # recorded in config.json; fit says so
-        if self.lr_schedule == "plateau" and self.val_size == 0:
-            raise UserError(
-                "--lr-schedule plateau watches the validation ELBO: give --val-size N "
-                "(training images held out)"
-            )
+        for flag, used in (
+            ("--lr-schedule plateau", self.lr_schedule == "plateau"),
+            ("--early-stopping", self.early_stopping is not None),
+        ):
+            if used and self.val_size == 0:
+                raise UserError(
+                    f"{flag} watches the validation ELBO: give --val-size N "
+                    "(training images held out)"
+                )
+        if self.early_stopping is not None and not self.early_stopping > 0:
+            raise UserError("--early-stopping must be a positive number of epochs")
+        if self.tensorboard:
+            check_tensorboard()
         if self.activation != "relu" and self.arch != "mlp":
             raise UserError(f"--activation applies to --arch mlp, not --arch {self.arch}")
         if self.mc_eval_samples < 2:

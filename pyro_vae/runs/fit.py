@@ -11,6 +11,7 @@ for epoch in 1..E:
     test = evaluate_elbo(vae, test data)          # ELBO, recon, KL per datum
     every --eval-every epochs: test IWAE, active units, MI (pyro_vae.evaluation.metrics)
     run.log(row); every --checkpoint-every epochs: run.save_checkpoint(state)
+    a new best validation ELBO: best.pt; --early-stopping P epochs without one: stop
 write_figures(...)
 
 Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard each minibatch of
@@ -18,6 +19,7 @@ Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard e
 """
 
 import copy
+import datetime
 import math
 import time
 from pathlib import Path
@@ -42,8 +44,10 @@ from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.models import LatentModel, model_class
 from pyro_vae.plugins import from_run_folder
 from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.early_stopping import BestEpoch
 from pyro_vae.runs.folder import Run, default_run_dir
 from pyro_vae.runs.resume import restore, rng_states
+from pyro_vae.runs.tensorboard import Board
 
 Trainer = SVITrainer | EMTrainer | MCEMTrainer
 
@@ -195,44 +199,61 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     ``prior``: optionally a prior module of the user's own (see :func:`setup`).
     ``config.resume``: continue that run folder from its checkpoint (see
     :mod:`pyro_vae.runs.resume`). A checkpoint is written every ``config.checkpoint_every`` epochs
-    and after the last; on Ctrl-C the last completed epoch is saved
+    and after the last; with a validation set, ``best.pt`` holds the epoch with the best
+    validation ELBO, and ``config.early_stopping`` epochs without a better one end the run
+    (:mod:`pyro_vae.runs.early_stopping`). On Ctrl-C the last completed epoch is saved
     (:class:`TrainingInterrupted`); a NaN or infinite loss stops the run and keeps the last
     checkpoint untouched (:class:`TrainingDiverged`).
     """
     data, vae, trainer, data_rng = setup(config, prior)
     schedule = EpochSchedule(config.lr_schedule, trainer.optimizers(), config.epochs)
+    best = BestEpoch()
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
     if config.resume:
         run = Run(config.resume)
         state = distributed.on_main(run.load_checkpoint)
         done = restore(state, vae, trainer, data_rng, config.epochs)
         schedule.load_state_dict(state.get("schedule", []))
+        best.load_state_dict(state.get("best", {}))
+        _check_not_stopped(best, config.early_stopping)
         if main:
             run.truncate_metrics(done)
     else:
         path = config.out or default_run_dir(config.algo)
         run, done = Run(distributed.on_main(lambda: Run.create(path, config.overwrite).path)), 0
     config.out = str(run.path)
+    board = Board(run.tensorboard_dir, done, data.image_shape) if config.tensorboard else None
     if main:
         run.write_config(config.to_dict())
     saved, unsaved = done, None  # the last checkpointed epoch; a later completed one in memory
-    epoch = done
+    epoch, clock = done, EpochClock(done, config.epochs)
     try:
         for epoch in range(done + 1, config.epochs + 1):
             row = train_one_epoch(config, data, vae, trainer, data_rng, epoch)
             if schedule.schedulers:  # the rate this epoch trained with, then the next one's
                 row["lr"] = schedule.lr()
             schedule.step(row["val_elbo"])
+            improved = best.update(epoch, row["val_elbo"])
+            stop = best.stale(config.early_stopping)
             if main:
                 run.log(row)
+                _report(config, row, clock.tick())
+                if board:
+                    board.log(row, vae, data.test, evaluation_due(config, epoch))
             state = checkpoint_state(config, data, vae, trainer, epoch, data_rng)
-            state["schedule"] = schedule.state_dict()
-            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            state |= {"schedule": schedule.state_dict(), "best": best.state_dict()}
+            if improved and main:
+                run.save_checkpoint(state, "best")
+            if epoch % config.checkpoint_every == 0 or epoch == config.epochs or stop:
                 if main:
                     run.save_checkpoint(state)
                 saved, unsaved = epoch, None
             else:
                 unsaved = copy.deepcopy(state)
+            if stop:
+                if main and not config.quiet:
+                    print(_stopped_line(best, config.early_stopping), flush=True)
+                break
     except KeyboardInterrupt:
         if unsaved is not None:
             if main:
@@ -252,12 +273,64 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); {kept}; "
             "try a lower --lr or --clip-norm"
         ) from None
+    finally:
+        if board:
+            board.close()
     if main:
         write_figures(
             vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
         )
     distributed.barrier()
     return run
+
+
+def _stopped_line(best: BestEpoch, patience: int) -> str:
+    return (
+        f"early stopping: the validation ELBO has not improved for {patience} epochs; stopped "
+        f"after epoch {best.last_epoch} (best: epoch {best.best_epoch}, "
+        f"{best.best_elbo:.2f}, kept as best.pt)"
+    )
+
+
+def _check_not_stopped(best: BestEpoch, patience: int | None) -> None:
+    """A run that early stopping ended continues only with more patience."""
+    if best.stale(patience):
+        raise UserError(
+            _stopped_line(best, patience).replace("; stopped", ": the run stopped")
+            + f"; resume with --early-stopping N, N > {best.last_epoch - best.best_epoch}, "
+            "to train further"
+        )
+
+
+class EpochClock:
+    """Wall time per epoch so far, and the estimated time to the run's last epoch."""
+
+    def __init__(self, done: int, epochs: int) -> None:
+        self.start, self.done, self.epochs, self.ticks = time.perf_counter(), done, epochs, 0
+
+    def tick(self) -> float:
+        """Count a finished epoch; returns the estimated seconds left."""
+        self.ticks += 1
+        per_epoch = (time.perf_counter() - self.start) / self.ticks
+        return per_epoch * (self.epochs - self.done - self.ticks)
+
+
+def _report(config: TrainConfig, row: dict, seconds_left: float) -> None:
+    """The epoch's line: training loss, the held-out numbers it has, and the time left."""
+    if config.quiet:
+        return
+    if row["test_elbo"] is not None:
+        shown = f"test ELBO {row['test_elbo']:8.2f}  KL {row['test_kl']:6.2f}"
+    elif row["test_recon"] is not None:
+        shown = f"test log p(x|z) {row['test_recon']:8.2f}"
+    else:
+        shown = "(held-out metrics every --eval-every epochs)"
+    left = datetime.timedelta(seconds=round(seconds_left))  # 2:51:04, 1 day, 3:00:00
+    print(
+        f"epoch {row['epoch']:3d}/{config.epochs}  train loss {row['train_loss']:8.2f}  {shown}  "
+        f"{row['seconds']:6.1f}s  left {left}",
+        flush=True,
+    )
 
 
 def train_one_epoch(
@@ -292,17 +365,6 @@ def train_one_epoch(
     if "elbo" not in vae.metrics:  # no bound to report (the autoencoder): reconstruction only
         test["elbo"] = test["kl"] = None
         val = dict(val, elbo=None) if val else None
-    if talk:
-        if test["elbo"] is not None:
-            shown = f"test ELBO {test['elbo']:8.2f}  KL {test['kl']:6.2f}"
-        elif test["recon"] is not None:
-            shown = f"test log p(x|z) {test['recon']:8.2f}"
-        else:
-            shown = "(held-out metrics every --eval-every epochs)"
-        print(
-            f"epoch {epoch:3d}  train loss {train_loss:8.2f}  {shown}  {seconds:6.1f}s",
-            flush=True,
-        )
     return {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -391,14 +453,16 @@ def load_vae(
     device: str = "cpu",
     prior: nn.Module | None = None,
     state: dict | None = None,
+    checkpoint: str = "last",
 ) -> tuple[LatentModel, TrainConfig]:
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
     ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
-    checkpoint's contents if already loaded (saves reading it twice).
+    checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
+    (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO).
     """
-    state = Run(run_dir).load_checkpoint() if state is None else state
+    state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
     try:
         config = TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError):
@@ -422,13 +486,14 @@ def load_vae(
 
 
 def load_run(
-    run_dir: str | Path, data_dir: str | None = None
+    run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last"
 ) -> tuple[LatentModel, ImageData, int]:
-    """The trained model, its data (test set as in training) and the checkpoint's epoch."""
+    """The trained model, its data (test set as in training) and the checkpoint's epoch;
+    ``checkpoint``: ``"last"`` or ``"best"`` (see :func:`load_vae`)."""
     run = Run(run_dir)
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
-    state = run.load_checkpoint()
+    state = run.load_checkpoint(checkpoint)
     vae, config = load_vae(str(run_dir), state=state)
     data = run_data(config, data_dir)
     try:
@@ -458,5 +523,9 @@ def summary_table(run: Run) -> str:
     ]
     if not math.isfinite(last["test_elbo"]):  # a model without an ELBO (the autoencoder)
         lines[-3:] = [("test recon", f"{last['test_recon']:.2f} nats/datum (log p(x | f(x)))")]
+    if run.best_path.is_file():
+        top = max(rows, key=lambda r: r["val_elbo"] if math.isfinite(r["val_elbo"]) else -math.inf)
+        shown = f"{int(top['epoch'])}  (validation ELBO {top['val_elbo']:.2f}; best.pt)"
+        lines.append(("best epoch", shown))
     lines.append(("figures", str(run.figures_dir)))
     return "\n".join(f"{k:<12} {v}" for k, v in lines)

@@ -1,4 +1,5 @@
-"""A run folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``figures/``.
+"""A run folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``figures/``; with a
+validation set also ``best.pt``, the checkpoint of the epoch with the best validation ELBO.
 
 Files are written so that an interruption never corrupts what is already there: the checkpoint
 and the config are written to a temporary file and renamed into place; metrics rows are appended
@@ -26,10 +27,12 @@ import torch
 
 from pyro_vae.errors import UserError
 
-__all__ = ["Run", "library_versions", "default_run_dir", "atomic_write"]
+__all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir", "atomic_write"]
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: no numpy objects (weights_only); 1: numpy's RNG state as an array
+#: ``--checkpoint`` of evaluate and plot: the file of each choice in a run folder.
+CHECKPOINTS = {"last": "checkpoint.pt", "best": "best.pt"}
 
 
 def library_versions() -> dict[str, str]:
@@ -72,8 +75,10 @@ class Run:
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
-    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    checkpoint_path = property(lambda self: self.path / CHECKPOINTS["last"])
+    best_path = property(lambda self: self.path / CHECKPOINTS["best"])
     figures_dir = property(lambda self: self.path / "figures")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> "Run":
@@ -91,6 +96,7 @@ class Run:
             raise UserError(f"cannot create run folder {path}: {exc.strerror}") from None
         run = cls(path)
         run.metrics_path.unlink(missing_ok=True)
+        run.best_path.unlink(missing_ok=True)  # an overwritten run's best is not this run's
         return run
 
     def write_config(self, config: dict) -> None:
@@ -136,14 +142,21 @@ class Run:
 
         atomic_write(self.metrics_path, write)
 
-    def save_checkpoint(self, state: dict) -> None:
+    def save_checkpoint(self, state: dict, which: str = "last") -> None:
+        """Write ``checkpoint.pt`` (``which="last"``) or ``best.pt`` (``"best"``)."""
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-        atomic_write(self.checkpoint_path, lambda p: torch.save(payload, p))
+        atomic_write(self.path / CHECKPOINTS[which], lambda p: torch.save(payload, p))
 
-    def load_checkpoint(self) -> dict:
-        """The checkpoint's contents; a missing, corrupt, foreign or unsafe file is a
-        :class:`UserError`, and nothing in it runs (module docstring)."""
-        path = self.checkpoint_path
+    def load_checkpoint(self, which: str = "last") -> dict:
+        """The contents of ``checkpoint.pt`` (``which="last"``) or ``best.pt`` (``"best"``); a
+        missing, corrupt, foreign or unsafe file is a :class:`UserError`, and nothing in it runs
+        (module docstring)."""
+        path = self.path / CHECKPOINTS[which]
+        if which == "best" and not path.is_file() and self.checkpoint_path.is_file():
+            raise UserError(
+                f"{self.path} has no best checkpoint: best.pt is kept by runs trained with "
+                "--val-size N (the best validation ELBO); use --checkpoint last"
+            )
         if not path.is_file():
             raise UserError(f"no checkpoint at {path}")
         try:

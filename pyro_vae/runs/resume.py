@@ -3,10 +3,11 @@
 ``pyro-vae train --resume RUN_DIR`` takes the settings saved in ``RUN_DIR/config.json``; flags
 given on the command line must agree with them, except those that do not change the
 computation (``--epochs`` to train longer, ``--quiet``, ``--data-dir``, ``--device``,
-``--checkpoint-every``). The checkpoint restores the model, guide, prior and likelihood
-parameters, every optimizer's state, the trainer's own state (e.g. the EM aggressive flag) and
-the torch, data, numpy and Python RNG states, so on CPU a resumed run ends with the same
-parameters, bit for bit, as one that was never interrupted.
+``--checkpoint-every``, ``--early-stopping``, ``--tensorboard``). The checkpoint restores the
+model, guide, prior and likelihood parameters, every optimizer's state, the trainer's own state
+(e.g. the EM aggressive flag), the learning-rate schedule, the best validation epoch and the
+torch, data, numpy and Python RNG states, so on CPU a resumed run ends with the same parameters,
+bit for bit, as one that was never interrupted.
 
 Under torchrun every rank loads the checkpoint rank 0 reads and restores its own RNG states; a
 run is resumed with the number of processes it was trained with (it sets the minibatch).
@@ -27,7 +28,15 @@ from pyro_vae.runs.folder import Run
 __all__ = ["resume_config", "restore", "rng_states", "set_rng_states"]
 
 # Settings a resumed run may change: they do not alter what the remaining epochs compute.
-ADJUSTABLE = ("epochs", "quiet", "data_dir", "device", "checkpoint_every")
+ADJUSTABLE = (
+    "epochs",
+    "quiet",
+    "data_dir",
+    "device",
+    "checkpoint_every",
+    "early_stopping",
+    "tensorboard",
+)
 NOT_SETTINGS = ("resume", "out", "overwrite")
 
 

@@ -1,0 +1,97 @@
+"""Settings from a file (``--config FILE``): a TOML recipe, or a run's own ``config.json``.
+
+A recipe is a flat TOML table whose keys are :class:`~pyro_vae.runs.config.TrainConfig` fields,
+spelled as the flags without their dashes or with underscores (``z-dim = 50`` or
+``z_dim = 50``); ``recipes/`` holds the settings of the published experiments this project
+reproduces, each naming its source in a comment. A run's ``config.json`` repeats that run: its
+record of where it lived (``out``, ``resume``, ``overwrite``) and of the library versions is left
+out. Settings merge in one order: the defaults, then the file, then the flags given on the
+command line.
+
+Every value is checked against the field's type here, so a mistake in a file is one line that
+names the file and the setting, before anything runs.
+"""
+
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pyro_vae.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["read_config_file", "RUN_RECORD"]
+
+#: What a run's config.json records beside its settings: not carried over by ``--config``.
+RUN_RECORD = ("out", "resume", "overwrite", "versions")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings in ``path`` (TOML, or JSON for a ``.json`` file), checked and converted to
+    the types of :class:`~pyro_vae.runs.config.TrainConfig`'s fields."""
+    from pyro_vae.runs.config import TrainConfig
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"--config {path}: {exc.strerror.lower()}") from None
+    is_json = path.suffix == ".json"
+    try:
+        raw = json.loads(text) if is_json else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--config {path} does not parse: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--config {path} must hold a table of settings")
+    hints = typing.get_type_hints(TrainConfig)
+    settings = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if is_json and name in RUN_RECORD:
+            continue
+        if isinstance(value, dict):
+            raise UserError(f"--config {path}: [{key}] is a table; write settings at the top level")
+        if name in RUN_RECORD[:3]:
+            raise UserError(
+                f"--config {path}: {key!r} says where a run lives, not what it trains; give "
+                f"--{name.replace('_', '-')} on the command line"
+            )
+        if name not in hints:
+            raise UserError(f"--config {path}: unknown setting {key!r} (a train flag's name)")
+        settings[name] = _checked(path, key, value, hints[name])
+    return settings
+
+
+def _checked(path: Path, key: str, value, hint) -> object:
+    """``value`` as the field's type, or a :class:`UserError` naming the setting."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in options:
+        if kind is type(None) and value is None:
+            return None
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if typing.get_origin(kind) is tuple and isinstance(value, list):
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return tuple(value)
+    wanted = " or ".join(_TYPE_NAMES.get(kind, "a list of integers") for kind in options)
+    raise UserError(f"--config {path}: {key} must be {wanted}, got {value!r}")
+
+
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    type(None): "null",
+}
