@@ -179,7 +179,7 @@ def test_damaged_checkpoint_is_one_line_and_nothing_is_overwritten(
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and ("cannot read checkpoint" in err or "no checkpoint" in err)
+    assert err.count("\n") == 1 and ("is damaged" in err or "no checkpoint" in err)
     assert (ckpt.read_bytes() if ckpt.exists() else None) == damaged
     assert (out / "metrics.csv").read_text() == metrics
 

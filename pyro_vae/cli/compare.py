@@ -19,6 +19,7 @@ the columns of a metric that does not apply to a model (``model.metrics``) are l
 import argparse
 import csv
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae.errors import UserError  # noqa: E402
+from pyro_vae.evaluation.figures import save_figure  # noqa: E402
 from pyro_vae.evaluation.metrics import (  # noqa: E402
     active_units,
     codebook_metrics,
@@ -42,6 +44,7 @@ from pyro_vae.evaluation.mutual_info import mutual_information  # noqa: E402
 from pyro_vae.evaluation.rollouts import rollout_metrics  # noqa: E402
 from pyro_vae.models import MODELS, LatentModel  # noqa: E402
 from pyro_vae.runs.config import TrainConfig  # noqa: E402
+from pyro_vae.runs.files import check_writable, write_file  # noqa: E402
 from pyro_vae.runs.fit import fit, load_vae, run_data  # noqa: E402
 from pyro_vae.runs.folder import Run  # noqa: E402
 
@@ -215,8 +218,7 @@ def plot_comparison(
         if ax.get_legend_handles_labels()[0]:  # nothing to label without held-out bounds
             ax.legend(fontsize=size)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _drop_empty_columns(rows: list[dict]) -> list[dict]:
@@ -261,7 +263,7 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
             "settings of their own model"
         )
     root = Path(out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare")
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root)
     runs = {}
     for config in configs:
         name = run_name(config)
@@ -275,11 +277,12 @@ def compare(configs: list[TrainConfig], out: str | Path | None = None) -> Compar
     paths = root / "comparison.png", root / "comparison.csv", root / "comparison.md"
     curves = {name: run.read_metrics() for name, run in runs.items()}
     plot_comparison(curves, paths[0], len(data.train))
-    with paths[1].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths[2].write_text(markdown + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(paths[1], table.getvalue())
+    write_file(paths[2], markdown + "\n")
     if any(not math.isfinite(r["test_recon"]) for r in rows):
         raise UserError(f"a compared run did not produce a finite test result; see {root}")
     return Comparison(runs, rows, markdown, *paths)

@@ -521,6 +521,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.corrupt,
         args.checkpoint,
         progress=not args.quiet,
+        out=args.out,
     )
     print(eval_table(result))
     if (Path(args.run_dir) / "priors").is_dir():  # a VQ-VAE with priors fitted to its codes
@@ -534,7 +535,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from pyro_vae.cli.posthoc import plot_run
 
-    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint):
+    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint, args.out):
         print(path)
 
 
@@ -565,6 +566,12 @@ def add_posthoc_commands(commands) -> None:
             choices=tuple(CHECKPOINTS),
             default="last",
             help="last: checkpoint.pt; best: best.pt, the best validation ELBO (--val-size runs)",
+        )
+        sub.add_argument(
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="write the results here instead of into RUN_DIR (which is then only read)",
         )
 
 

@@ -18,6 +18,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import write_figures
 from pyro_vae.evaluation.metrics import heldout_metrics
 from pyro_vae.models.corruption import parse_corruption
+from pyro_vae.runs.files import WriteFailed, check_writable, write_file
 from pyro_vae.runs.fit import load_run
 from pyro_vae.runs.folder import Run, library_versions
 
@@ -32,6 +33,7 @@ def evaluate_run(
     corrupt: str | None = None,
     checkpoint: str = "last",
     progress: bool = False,
+    out: str | Path | None = None,
 ) -> dict:
     """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``
     (``eval-best.json`` for ``checkpoint="best"``, the best validation ELBO's ``best.pt``).
@@ -40,6 +42,8 @@ def evaluate_run(
     why the others are left out. ``corrupt`` (a ``--corrupt`` spec) adds the reconstruction from
     corrupted test images, for any model (a denoising run reports its own corruption anyway).
     ``progress``: a progress bar with the time left while the log-likelihood is estimated.
+    ``out``: the folder to write the result into instead of the run folder (which is then only
+    read: a run on a read-only mount, or someone else's).
     """
     if corrupt is not None:
         parse_corruption(corrupt)
@@ -47,6 +51,9 @@ def evaluate_run(
         raise UserError(f"--iw-samples must be positive (got {iw_samples})")
     if limit is not None and limit <= 0:
         raise UserError(f"--limit must be positive (got {limit})")
+    path = results_folder(run_dir, out, "eval.json") / (
+        "eval.json" if checkpoint == "last" else f"eval-{checkpoint}.json"
+    )
     vae, data, epoch = load_run(run_dir, data_dir, checkpoint)
     x = data.test[:limit] if limit else data.test
     start = time.perf_counter()
@@ -64,9 +71,25 @@ def evaluate_run(
         "machine": machine_description(),
         "versions": library_versions(),
     }
-    path = Path(run_dir) / ("eval.json" if checkpoint == "last" else f"eval-{checkpoint}.json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_file(path, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def results_folder(run_dir: str | Path, out: str | Path | None, what: str) -> Path:
+    """Where a command on a run writes ``what``: ``out`` if given, else the run folder; checked
+    before any work, so a folder that cannot be written is one line, not a lost result."""
+    folder = Path(out) if out is not None else Path(run_dir)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    try:
+        check_writable(folder)
+    except WriteFailed as exc:
+        if out is not None:
+            raise
+        raise exc.explained(
+            f"reading a run needs no write access: give --out DIR to write {what} elsewhere"
+        ) from None
+    return folder
 
 
 def machine_description() -> str:
@@ -137,15 +160,17 @@ def eval_table(result: dict) -> str:
 
 
 def plot_run(
-    run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last"
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    checkpoint: str = "last",
+    out: str | Path | None = None,
 ) -> list[Path]:
     """Regenerate every figure of a run into its ``figures/`` folder (``figures-best/`` for the
-    ``best.pt`` checkpoint)."""
+    ``best.pt`` checkpoint), or into ``out/figures[-best]`` when ``out`` is given."""
+    name = "figures" if checkpoint == "last" else f"figures-{checkpoint}"
+    folder = results_folder(run_dir, out, f"{name}/") / name
     vae, data, _ = load_run(run_dir, data_dir, checkpoint)
     run = Run(run_dir)
-    folder = run.figures_dir
-    if checkpoint != "last":
-        folder = folder.with_name(f"figures-{checkpoint}")
     return write_figures(
         vae, data.test, run.read_metrics(), folder, data.image_shape, data.test_labels
     )

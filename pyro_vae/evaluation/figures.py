@@ -41,8 +41,10 @@ import torch  # noqa: E402
 
 from pyro_vae.evaluation.metrics import code_assignments, corrupt_fixed  # noqa: E402
 from pyro_vae.models.base import LatentModel  # noqa: E402
+from pyro_vae.runs.files import check_writable, write_file  # noqa: E402
 
 __all__ = [
+    "save_figure",
     "image_grid",
     "plot_reconstructions",
     "plot_samples",
@@ -62,6 +64,14 @@ __all__ = [
 ]
 
 
+def save_figure(fig, path: Path, **options) -> None:
+    """Write ``fig`` as a PNG through the run-file layer (whole or not at all) and close it."""
+    try:
+        write_file(path, lambda f: fig.savefig(f, format="png", dpi=100, **options))
+    finally:
+        plt.close(fig)
+
+
 def image_grid(images: torch.Tensor, rows: int, image_shape: Sequence[int]) -> torch.Tensor:
     """Tile (rows * cols, D) images into one (rows * h, cols * w) array with 1-pixel gaps."""
     h, w = image_shape
@@ -78,8 +88,7 @@ def _save_grid(grid: torch.Tensor, title: str, path: Path) -> None:
     ax.imshow(grid.cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_reconstructions(
@@ -133,8 +142,7 @@ def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _device(vae: LatentModel) -> torch.device:
@@ -213,8 +221,7 @@ def plot_latent(
     ax.set_ylabel(ylabel)
     ax.set_title(f"posterior means E_q[z|x] of {len(points)} test images", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _pairs(labels: torch.Tensor | None, n: int, rows: int) -> list[tuple[int, int]]:
@@ -299,8 +306,7 @@ def plot_sparsity(vae: LatentModel, test: torch.Tensor, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_codebook_usage(vae: LatentModel, test: torch.Tensor, path: Path) -> None:
@@ -316,8 +322,7 @@ def plot_codebook_usage(vae: LatentModel, test: torch.Tensor, path: Path) -> Non
     title = f"codebook usage: {used} of {len(counts)} codes used, perplexity {entropy.exp():.1f}"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_rollouts(
@@ -375,7 +380,7 @@ def write_figures(
     random codes) come from a forked RNG seeded with 0, so figures do not move the run's RNG and
     ``pyro-vae plot`` redraws the same pictures.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder)
     paths = [folder / f"{name}.png" for name in vae.figures]
     was_training = vae.training
     vae.eval()

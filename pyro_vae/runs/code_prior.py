@@ -33,8 +33,8 @@ from pyro_vae.evaluation.figures import plot_samples
 from pyro_vae.models.code_priors import check_code_prior_spec, make_code_prior
 from pyro_vae.models.vqvae import VQVAE
 from pyro_vae.plugins import absolute_file_spec, from_run_folder
+from pyro_vae.runs.files import check_writable, write_file, write_torch
 from pyro_vae.runs.fit import load_run, load_vae
-from pyro_vae.runs.folder import atomic_write
 
 __all__ = ["fit_code_prior", "load_code_prior", "prior_table", "code_grids"]
 
@@ -99,11 +99,11 @@ def fit_code_prior(
     prior.to(device)
     test_grids = code_grids(model, data.test.to(device))
     folder = Path(run_dir) / "priors" / name
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder)  # before training, not after
     rows = _train(prior, model, data, test_grids, epochs, batch_size, lr, seed, quiet)
-    atomic_write(folder / "metrics.csv", lambda p: p.write_text(_csv(rows)))
+    write_file(folder / "metrics.csv", _csv(rows))
     state = {"spec": spec, "state": prior.state_dict(), "epochs": len(rows)}
-    atomic_write(folder / "prior.pt", lambda p: torch.save(state, p))
+    write_torch(folder / "prior.pt", state)
     model.prior = prior
     bound = evaluate_elbo(model, data.test.to(device))
     result = {
@@ -118,7 +118,7 @@ def fit_code_prior(
         "test_code_nll": bound["kl"],
         "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
     }
-    atomic_write(folder / "eval.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+    write_file(folder / "eval.json", json.dumps(result, indent=2) + "\n")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         plot_samples(model.eval(), folder / "samples.png", data.image_shape)

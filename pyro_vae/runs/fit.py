@@ -45,6 +45,7 @@ from pyro_vae.models import LatentModel, model_class
 from pyro_vae.plugins import from_run_folder
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.early_stopping import BestEpoch
+from pyro_vae.runs.files import FolderLock, WriteFailed
 from pyro_vae.runs.folder import Run, default_run_dir
 from pyro_vae.runs.resume import restore, rng_states
 from pyro_vae.runs.tensorboard import Board
@@ -211,23 +212,25 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
     if config.resume:
         run = Run(config.resume)
-        state = distributed.on_main(run.load_checkpoint)
-        done = restore(state, vae, trainer, data_rng, config.epochs)
-        schedule.load_state_dict(state.get("schedule", []))
-        best.load_state_dict(state.get("best", {}))
-        _check_not_stopped(best, config.early_stopping)
-        if main:
-            run.truncate_metrics(done)
     else:
         path = config.out or default_run_dir(config.algo)
-        run, done = Run(distributed.on_main(lambda: Run.create(path, config.overwrite).path)), 0
+        run = Run(distributed.on_main(lambda: Run.create(path, config.overwrite).path))
     config.out = str(run.path)
-    board = Board(run.tensorboard_dir, done, data.image_shape) if config.tensorboard else None
-    if main:
-        run.write_config(config.to_dict())
-    saved, unsaved = done, None  # the last checkpointed epoch; a later completed one in memory
-    epoch, clock = done, EpochClock(done, config.epochs)
+    lock = FolderLock(run.path).acquire() if main else None  # one writer per run folder
+    saved = done = epoch = 0  # the last checkpointed epoch, the last started
+    unsaved, board = None, None  # a completed epoch's state not yet saved; TensorBoard
     try:
+        if config.resume:
+            state = distributed.on_main(run.load_checkpoint)
+            saved = done = epoch = restore(state, vae, trainer, data_rng, config.epochs)
+            schedule.load_state_dict(state.get("schedule", []))
+            best.load_state_dict(state.get("best", {}))
+            _check_not_stopped(best, config.early_stopping)
+        if main:
+            _prepare_folder(run, done, config)
+        if config.tensorboard and main:
+            board = Board(run.tensorboard_dir, done, data.image_shape)
+        clock = EpochClock(done, config.epochs)
         for epoch in range(done + 1, config.epochs + 1):
             row = train_one_epoch(config, data, vae, trainer, data_rng, epoch)
             if schedule.schedulers:  # the rate this epoch trained with, then the next one's
@@ -254,6 +257,15 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
                 if main and not config.quiet:
                     print(_stopped_line(best, config.early_stopping), flush=True)
                 break
+        if main:
+            write_figures(
+                vae,
+                data.test,
+                run.read_metrics(),
+                run.figures_dir,
+                data.image_shape,
+                data.test_labels,
+            )
     except KeyboardInterrupt:
         if unsaved is not None:
             if main:
@@ -273,15 +285,42 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             f"{exc} in epoch {epoch} (update {trainer.step_count + 1}); {kept}; "
             "try a lower --lr or --clip-norm"
         ) from None
+    except WriteFailed as exc:
+        raise exc.explained(_what_is_safe(exc, run, saved)) from None
     finally:
         if board:
             board.close()
-    if main:
-        write_figures(
-            vae, data.test, run.read_metrics(), run.figures_dir, data.image_shape, data.test_labels
-        )
+        if lock:
+            lock.release()
     distributed.barrier()
     return run
+
+
+def _prepare_folder(run: Run, done: int, config: TrainConfig) -> None:
+    """A new run's folder forgets an overwritten run; a resumed run's metrics.csv keeps the
+    rows up to its checkpoint (and loses damaged lines, which it says). Then config.json."""
+    if not done:
+        run.clear()
+    dropped = run.repair_metrics(done)
+    if dropped:
+        print(
+            f"{run.metrics_path}: repaired for the checkpoint of epoch {done} "
+            f"({'; '.join(dropped)})",
+            flush=True,
+        )
+    run.write_config(config.to_dict())
+
+
+def _what_is_safe(exc: WriteFailed, run: Run, saved: int) -> str:
+    """The rest of a failed write's line: what is intact and how to go on."""
+    fix = "free space" if exc.no_space else f"make {run.path} writable"
+    if exc.path.parent == run.figures_dir:  # figures come after the last checkpoint
+        intact = f"training finished and the checkpoint of epoch {saved} is intact"
+        return f"{intact}; {fix} and run pyro-vae plot {run.path}"
+    if saved == 0:
+        return f"no checkpoint has been written yet; {fix} and start the run again"
+    intact = f"the checkpoint of epoch {saved} is intact"
+    return f"{intact}; {fix} and run pyro-vae train --resume {run.path}"
 
 
 def _stopped_line(best: BestEpoch, patience: int) -> str:

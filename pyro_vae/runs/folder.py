@@ -1,9 +1,11 @@
 """A run folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt`` and ``figures/``; with a
 validation set also ``best.pt``, the checkpoint of the epoch with the best validation ELBO.
 
-Files are written so that an interruption never corrupts what is already there: the checkpoint
-and the config are written to a temporary file and renamed into place; metrics rows are appended
-and flushed one at a time.
+Files are written through :mod:`pyro_vae.runs.files`, so that an interruption, a full disk or a
+machine crash never corrupts what is already there: the checkpoints and the config are written
+to a temporary file, fsynced and renamed into place; metrics rows are appended and fsynced one at
+a time, never as half a line. A damaged ``metrics.csv`` is reported with the line at fault, and
+repaired (damaged lines dropped) when a run resumes from its checkpoint.
 
 A run folder is data, not code. ``checkpoint.pt`` holds only tensors, numbers, strings, lists,
 tuples and dicts, and is read with ``torch.load(..., weights_only=True)``: a file that carries
@@ -16,18 +18,18 @@ allowed (no code runs either), and the next save writes version 2.
 import csv
 import io
 import json
-import os
+import math
 import pickle
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pyro_vae.errors import UserError
+from pyro_vae.runs.files import append_line, write_file, write_torch
 
-__all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir", "atomic_write"]
+__all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir"]
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: no numpy objects (weights_only); 1: numpy's RNG state as an array
@@ -60,13 +62,6 @@ def default_run_dir(algo: str) -> Path:
     return path
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` through ``write(tmp)`` and a rename: never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class Run:
     """The files of one training run."""
 
@@ -94,14 +89,16 @@ class Run:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create run folder {path}: {exc.strerror}") from None
-        run = cls(path)
-        run.metrics_path.unlink(missing_ok=True)
-        run.best_path.unlink(missing_ok=True)  # an overwritten run's best is not this run's
-        return run
+        return cls(path)
+
+    def clear(self) -> None:
+        """Forget an overwritten run's metrics and best checkpoint (under the folder's lock)."""
+        self.metrics_path.unlink(missing_ok=True)
+        self.best_path.unlink(missing_ok=True)  # an overwritten run's best is not this run's
 
     def write_config(self, config: dict) -> None:
         record = {**config, "versions": library_versions()}
-        atomic_write(self.config_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        write_file(self.config_path, json.dumps(record, indent=2) + "\n")
 
     def read_config(self) -> dict:
         return json.loads(self.config_path.read_text())
@@ -109,43 +106,77 @@ class Run:
     def log(self, row: dict) -> None:
         """Append one row to ``metrics.csv`` (the header is written with the first row).
 
-        The row goes out in a single write, so an interruption cannot leave half a line.
+        The row goes out in one fsynced append (:func:`~pyro_vae.runs.files.append_line`), so
+        neither an interruption nor a full disk leaves half a line.
         """
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(row))
+        writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
         if not self.metrics_path.exists():
             writer.writeheader()
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-        with self.metrics_path.open("a", newline="") as f:
-            f.write(buffer.getvalue())
+        append_line(self.metrics_path, buffer.getvalue())
 
     def read_metrics(self) -> list[dict[str, float]]:
+        """The rows of ``metrics.csv`` as numbers (blank cells: NaN); a damaged line is a
+        :class:`UserError` naming it."""
+        _, rows, damaged = self._metrics_lines()
+        if damaged:
+            line, why = damaged[0]
+            raise UserError(
+                f"{self.metrics_path} is damaged: line {line} {why}; "
+                f"pyro-vae train --resume {self.path} repairs it from the checkpoint"
+            )
+        return [row for _, row in rows]
+
+    def _metrics_lines(self) -> tuple[list[str], list[tuple[list[str], dict]], list[tuple]]:
+        """The header, (cells, numbers) of each row that reads as numbers, and (line number,
+        what is wrong) for the other lines."""
         if not self.metrics_path.exists():
+            return [], [], []
+        text = self.metrics_path.read_text(errors="replace")
+        lines = list(csv.reader(io.StringIO(text)))
+        if not lines or not lines[0] or lines[0][0] != "epoch":
+            raise UserError(f"{self.metrics_path} is damaged: its first line is not the header")
+        header, rows, damaged = lines[0], [], []
+        for number, cells in enumerate(lines[1:], start=2):
+            if len(cells) != len(header):
+                damaged.append((number, f"has {len(cells)} cells, not {len(header)}"))
+                continue
+            try:
+                numbers = [float(v) if v != "" else math.nan for v in cells]
+                rows.append((cells, dict(zip(header, numbers, strict=True))))
+            except ValueError:
+                damaged.append((number, "holds a cell that is not a number"))
+        return header, rows, damaged
+
+    def repair_metrics(self, last_epoch: int) -> list[str]:
+        """Keep the rows up to ``last_epoch`` (a resumed run's checkpoint), one per epoch in
+        order, dropping later rows and damaged lines; returns what was dropped, in words."""
+        header, rows, damaged = self._metrics_lines()
+        if not header:
             return []
-        with self.metrics_path.open(newline="") as f:
-            return [
-                {k: float(v) if v != "" else float("nan") for k, v in r.items()}
-                for r in csv.DictReader(f)
-            ]
-
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop rows after ``last_epoch`` (logged after the checkpoint a run resumes from)."""
-        if not self.metrics_path.exists():
-            return
-        with self.metrics_path.open(newline="") as f:
-            lines = list(csv.reader(f))
-        keep = [lines[0]] + [row for row in lines[1:] if row and float(row[0]) <= last_epoch]
-
-        def write(path: Path) -> None:
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerows(keep)
-
-        atomic_write(self.metrics_path, write)
+        kept: dict[int, list[str]] = {}
+        for cells, row in rows:
+            epoch = row["epoch"]
+            if epoch == int(epoch) and 1 <= epoch <= last_epoch:
+                kept.setdefault(int(epoch), cells)
+        if not damaged and list(kept.values()) == [cells for cells, _ in rows]:
+            return []
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([header] + [kept[epoch] for epoch in sorted(kept)])
+        write_file(self.metrics_path, buffer.getvalue())
+        notes = [f"line {line} {why}" for line, why in damaged]
+        missing = sorted(set(range(1, last_epoch + 1)) - set(kept))
+        if missing:
+            notes.append(f"no row for epoch(s) {_ranges(missing)}")
+        return notes
 
     def save_checkpoint(self, state: dict, which: str = "last") -> None:
-        """Write ``checkpoint.pt`` (``which="last"``) or ``best.pt`` (``"best"``)."""
+        """Write ``checkpoint.pt`` (``which="last"``) or ``best.pt`` (``"best"``), whole or not
+        at all (:class:`~pyro_vae.runs.files.WriteFailed`: the previous file is intact)."""
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-        atomic_write(self.path / CHECKPOINTS[which], lambda p: torch.save(payload, p))
+        write_torch(self.path / CHECKPOINTS[which], payload)
 
     def load_checkpoint(self, which: str = "last") -> dict:
         """The contents of ``checkpoint.pt`` (``which="last"``) or ``best.pt`` (``"best"``); a
@@ -165,7 +196,7 @@ class Run:
         except pickle.UnpicklingError as exc:
             raise UserError(_refusal(path, exc)) from None
         except Exception as exc:  # torch raises many types for truncated or foreign files
-            raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+            raise UserError(_damaged(path, exc)) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a pyro-vae checkpoint")
         return state
@@ -200,12 +231,29 @@ def _refusal(path: Path, exc: Exception) -> str:
     except Exception:
         names = []
     if not names:
-        return f"cannot read checkpoint {path}: {type(exc).__name__}"
+        return _damaged(path, exc)
     return (
         f"refusing checkpoint {path}: it holds Python objects other than tensors and plain data "
         f"({', '.join(names[:3])}), and loading those could run code; a pyro-vae checkpoint "
         "never does (see docs/reliability.md, loading runs from elsewhere)"
     )
+
+
+def _damaged(path: Path, exc: Exception) -> str:
+    return (
+        f"checkpoint {path} is damaged (truncated or not a checkpoint: {type(exc).__name__}); "
+        "nothing can be loaded from it"
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    spans, start = [], numbers[0]
+    for a, b in zip(numbers, numbers[1:] + [None], strict=True):
+        if b != a + 1:
+            spans.append(f"{start}-{a}" if a > start else str(a))
+            start = b
+    return ", ".join(spans)
 
 
 def _fmt(value) -> str:

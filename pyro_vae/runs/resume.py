@@ -46,12 +46,9 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
     A given flag that differs from the saved setting is a :class:`UserError`.
     """
     run = Run(requested.resume)
-    if not run.config_path.is_file():
+    if not run.config_path.is_file() and not run.checkpoint_path.is_file():
         raise UserError(f"--resume {run.path}: not a run folder (no config.json)")
-    try:
-        saved = TrainConfig.from_dict(run.read_config())
-    except (ValueError, TypeError):
-        raise UserError(f"--resume {run.path}: config.json is unreadable") from None
+    saved = _saved_config(run)
     for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
         new, old = getattr(requested, name), getattr(saved, name)
         if isinstance(new, str):  # a plugin file is recorded with its absolute path
@@ -69,6 +66,27 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
             setattr(saved, name, getattr(requested, name))
     saved.resume = saved.out = str(run.path)
     saved.overwrite = False
+    return saved
+
+
+def _saved_config(run: Run) -> TrainConfig:
+    """The run's settings from config.json; if that is missing or damaged, from the checkpoint
+    (which holds them too), saying so: config.json is rewritten when training starts."""
+    try:
+        return TrainConfig.from_dict(run.read_config())
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        saved = TrainConfig.from_dict(run.load_checkpoint()["config"])
+    except (UserError, KeyError, ValueError, TypeError):
+        raise UserError(
+            f"--resume {run.path}: config.json is damaged and the checkpoint cannot replace it"
+        ) from None
+    print(
+        f"{run.config_path} is missing or damaged; the run's settings are taken from "
+        f"{run.checkpoint_path.name}, and config.json is rebuilt",
+        flush=True,
+    )
     return saved
 
 
