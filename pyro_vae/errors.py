@@ -1,8 +1,9 @@
 """Exceptions for what a user can cause: bad flags or data, a diverging run, an interruption.
 
 Command-line entry points turn each into a one-line message and the exit code it carries
-(2 for mistakes in the input, 3 for a diverged run, 130 for Ctrl-C); library callers can catch
-them like any other exception.
+(2 for mistakes in the input, 3 for a diverged run, 4 for a file that could not be written --
+:class:`pyro_vae.runs.files.WriteFailed` --, 130 for Ctrl-C); library callers can catch them
+like any other exception.
 """
 
 __all__ = ["UserError", "TrainingDiverged", "TrainingInterrupted", "check_count"]

@@ -74,3 +74,12 @@ def test_models_benchmark_runs_in_its_quickest_mode():
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "| VQ-VAE stage 2, transformer prior step |" in proc.stdout and "TD-VAE" in proc.stdout
+
+
+def test_durability_benchmark_runs_in_its_quickest_mode(tmp_path):
+    script = ROOT / "benchmarks" / "bench_durability.py"
+    command = [sys.executable, str(script), "--rounds", "2", "--images", "256", "--threads", "1"]
+    command += ["--dir", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| the fsyncs |" in proc.stdout and "% of the epoch" in proc.stdout

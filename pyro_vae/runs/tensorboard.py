@@ -20,6 +20,7 @@ import torch
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import image_grid
 from pyro_vae.models import LatentModel
+from pyro_vae.runs.files import WriteFailed
 
 __all__ = ["Board", "check_available", "IMAGES"]
 
@@ -41,8 +42,11 @@ class Board:
         check_available()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(folder), purge_step=done + 1 if done else None)
-        self.image_shape = image_shape
+        self.folder, self.image_shape = folder, image_shape
+        try:
+            self.writer = SummaryWriter(str(folder), purge_step=done + 1 if done else None)
+        except OSError as exc:
+            raise WriteFailed(folder, exc) from None
 
     def log(self, row: dict, vae: LatentModel, test: torch.Tensor, images: bool) -> None:
         """The epoch's numbers; with ``images``, reconstructions and samples."""
@@ -50,10 +54,13 @@ class Board:
         for name, value in row.items():
             if name != "epoch" and value is not None and math.isfinite(value):
                 self.writer.add_scalar(name, value, epoch)
-        if images and not vae.sequences:
-            for name, grid in self._images(vae, test).items():
-                self.writer.add_image(name, grid.unsqueeze(0), epoch)
-        self.writer.flush()
+        try:
+            if images and not vae.sequences:
+                for name, grid in self._images(vae, test).items():
+                    self.writer.add_image(name, grid.unsqueeze(0), epoch)
+            self.writer.flush()
+        except OSError as exc:  # TensorBoard's own event files: appended by its writer
+            raise WriteFailed(self.folder, exc) from None
 
     @torch.no_grad()
     def _images(self, vae: LatentModel, test: torch.Tensor) -> dict[str, torch.Tensor]:
