@@ -171,6 +171,7 @@ def test_torchrun_cli_writes_from_rank_0_only_and_resumes_exactly(fake_data_dir,
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder") == 1
     assert sorted(p.name for p in straight.iterdir()) == [
+        ".lock",  # rank 0's lock: one writer per run folder
         "checkpoint.pt",
         "config.json",
         "figures",

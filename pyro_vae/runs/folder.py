@@ -81,7 +81,7 @@ class Run:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
+        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()) and not overwrite:
             raise UserError(
                 f"--out {path} already holds files; choose another folder or pass --overwrite"
             )
