@@ -72,3 +72,40 @@ def test_files_the_docs_name_exist():
             if not (base / name).exists():
                 missing.append(f"{path.name}: {name}")
     assert not missing, missing
+
+
+def _gallery():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "make_gallery.py"
+    spec = importlib.util.spec_from_file_location("make_gallery", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gallery_page_is_the_one_the_gallery_script_writes():
+    gallery = _gallery()
+    assert (gallery.DOCS / "gallery.md").read_text() == gallery.gallery_page()
+
+
+def test_every_figure_in_the_docs_is_made_by_a_gallery_entry():
+    gallery = _gallery()
+    made = {name for entry in gallery.GALLERY for name in entry.figures.values()}
+    present = {p.name for p in (gallery.DOCS / "figures").glob("*.png")}
+    assert present == made, (present - made, made - present)
+
+
+@pytest.mark.slow
+def test_gallery_regenerates_an_entry(real_data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "make_gallery.py"
+    command = [sys.executable, str(script), "--quick", "--only", "svi-default"]
+    command += ["--docs", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir())
+    assert made == sorted(_gallery().GALLERY[0].figures.values())
+    assert (tmp_path / "docs" / "gallery.md").is_file()
