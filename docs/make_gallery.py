@@ -6,6 +6,7 @@ the page that shows it documents, and copied here by this script, never by hand:
     python docs/make_gallery.py                      # every entry: hours on 2 CPU cores
     python docs/make_gallery.py --only svi-default   # one entry
     python docs/make_gallery.py --page-only          # rewrite docs/gallery.md only
+    python docs/make_gallery.py --only NAME --reuse --runs DIR   # figures of DIR/NAME, made before
     python docs/make_gallery.py --quick --only svi-default --docs /tmp/docs   # seconds: a check
 
 ``--quick`` appends each step's small settings (1 epoch, a few hundred images) and writes into
@@ -159,13 +160,15 @@ def argv(step: Step, run: Path, quick: bool) -> list[str]:
     return words + (step.quick.split() if quick else [])
 
 
-def regenerate(entry: Entry, runs: Path, docs: Path, quick: bool) -> None:
-    """Run the entry's commands in a fresh run folder, then copy its figures into docs."""
+def regenerate(entry: Entry, runs: Path, docs: Path, quick: bool, reuse: bool = False) -> None:
+    """Run the entry's commands in a fresh run folder, then copy its figures into docs;
+    ``reuse``: take the figures of the run folder these commands already made."""
     run = runs / entry.name
-    shutil.rmtree(run, ignore_errors=True)
-    for step in entry.steps:
-        print("$", " ".join(argv(step, run, quick)), flush=True)
-        subprocess.run(argv(step, run, quick), cwd=ROOT, check=True)
+    if not reuse:
+        shutil.rmtree(run, ignore_errors=True)
+        for step in entry.steps:
+            print("$", " ".join(argv(step, run, quick)), flush=True)
+            subprocess.run(argv(step, run, quick), cwd=ROOT, check=True)
     (docs / "figures").mkdir(parents=True, exist_ok=True)
     for source, target in entry.figures.items():
         shutil.copyfile(run / source, docs / "figures" / target)
@@ -201,13 +204,19 @@ def main() -> None:
     parser.add_argument("--page-only", action="store_true", help="only rewrite gallery.md")
     parser.add_argument("--docs", type=Path, default=DOCS, help="docs folder to write into")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "gallery")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="copy the figures of run folders RUNS/NAME that these commands already made "
+        "(a multi-hour run trained earlier) instead of running them again",
+    )
     args = parser.parse_args()
     if args.quick and args.docs.resolve() == DOCS:
         parser.error("--quick figures must not replace the real ones: give --docs DIR")
     if not args.page_only:
         for entry in GALLERY:
             if args.only is None or entry.name in args.only:
-                regenerate(entry, args.runs, args.docs, args.quick)
+                regenerate(entry, args.runs, args.docs, args.quick, args.reuse)
     (args.docs / "gallery.md").write_text(gallery_page())
 
 
