@@ -1,7 +1,6 @@
 """A run folder is data, not code: loading a checkpoint or a run's plugin specs never runs
 anything the folder provides."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import run_main  # one line per mistake: (exit code, stderr)
+from test_schedules import small_config as schedules_config
 
 from pyro_vae import TrainConfig, fit, load_vae
 from pyro_vae.errors import UserError
@@ -29,18 +29,10 @@ class WriteMarker:
 
 
 def small_config(data_dir: Path, out: Path, **changes) -> TrainConfig:
-    config = TrainConfig(
-        data_dir=str(data_dir),
-        limit_train=100,
-        limit_test=20,
-        epochs=1,
-        z_dim=2,
-        hidden_dims=(16,),
-        eval_iw_samples=3,
-        quiet=True,
-        out=str(out),
+    """test_schedules' tiny run, one epoch, with its held-out metrics at the end."""
+    return schedules_config(
+        data_dir, out, **({"epochs": 1, "eval_every": 5, "eval_iw_samples": 3} | changes)
     )
-    return dataclasses.replace(config, **changes)
 
 
 def test_a_checkpoint_carrying_code_is_refused_by_every_command(fake_data_dir, tmp_path, capsys):
