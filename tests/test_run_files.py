@@ -15,6 +15,7 @@ from test_cli import run_main
 from test_schedules import small_config
 
 from pyro_vae import fit
+from pyro_vae.cli.main import main
 from pyro_vae.cli.posthoc import evaluate_run, plot_run
 from pyro_vae.runs import files
 from pyro_vae.runs import fit as fit_module
@@ -113,10 +114,20 @@ def test_damaged_metrics_are_named_and_repaired_on_resume(two_epoch_run, capsys)
     code, err = run_main(capsys, "plot", str(run.path))
     assert code == 2 and "metrics.csv is damaged: line 3 has 4 cells" in err
     assert len(err.splitlines()) == 1
-    code, _ = run_main(capsys, "train", "--resume", str(run.path), "--epochs", "3")
-    out = capsys.readouterr().out if code else ""
-    assert code == 0, out
+    assert main(["train", "--resume", str(run.path), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "line 3 has 4 cells" in out and "no row for epoch(s) 2" in out
     assert [int(r["epoch"]) for r in run.read_metrics()] == [1, 3]  # epoch 2's row was damaged
+
+
+def test_resume_starts_a_new_metrics_file_when_its_header_is_damaged(two_epoch_run, capsys):
+    run = two_epoch_run
+    run.metrics_path.write_text("\x00garbage\n" + run.metrics_path.read_text())
+    code, err = run_main(capsys, "plot", str(run.path))
+    assert code == 2 and "its first line is not the header" in err
+    assert main(["train", "--resume", str(run.path), "--epochs", "3"]) == 0
+    assert "rows of epochs 1-2 are lost" in capsys.readouterr().out
+    assert [int(r["epoch"]) for r in run.read_metrics()] == [3]
 
 
 def test_resume_rebuilds_a_damaged_config_from_the_checkpoint(fake_data_dir, tmp_path, capsys):

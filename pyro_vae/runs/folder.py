@@ -111,7 +111,7 @@ class Run:
         """
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
-        if not self.metrics_path.exists():
+        if not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0:
             writer.writeheader()
         writer.writerow({k: _fmt(v) for k, v in row.items()})
         append_line(self.metrics_path, buffer.getvalue())
@@ -131,9 +131,9 @@ class Run:
     def _metrics_lines(self) -> tuple[list[str], list[tuple[list[str], dict]], list[tuple]]:
         """The header, (cells, numbers) of each row that reads as numbers, and (line number,
         what is wrong) for the other lines."""
-        if not self.metrics_path.exists():
+        text = self.metrics_path.read_text(errors="replace") if self.metrics_path.exists() else ""
+        if not text:
             return [], [], []
-        text = self.metrics_path.read_text(errors="replace")
         lines = list(csv.reader(io.StringIO(text)))
         if not lines or not lines[0] or lines[0][0] != "epoch":
             raise UserError(f"{self.metrics_path} is damaged: its first line is not the header")
@@ -152,7 +152,11 @@ class Run:
     def repair_metrics(self, last_epoch: int) -> list[str]:
         """Keep the rows up to ``last_epoch`` (a resumed run's checkpoint), one per epoch in
         order, dropping later rows and damaged lines; returns what was dropped, in words."""
-        header, rows, damaged = self._metrics_lines()
+        try:
+            header, rows, damaged = self._metrics_lines()
+        except UserError:  # the header itself is damaged: no row can be read against it
+            write_file(self.metrics_path, "")
+            return [f"its header was damaged, so the rows of epochs 1-{last_epoch} are lost"]
         if not header:
             return []
         kept: dict[int, list[str]] = {}
