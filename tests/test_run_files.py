@@ -146,6 +146,16 @@ def test_a_second_writer_in_one_process_is_refused_with_the_holders_pid(tmp_path
     FolderLock(tmp_path).acquire().release()
 
 
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    lock = FolderLock(tmp_path).acquire()
+    assert "cannot lock" in capsys.readouterr().err and lock.fd is None
+    lock.release()
+
+
 def _train(*argv: str, data_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYRO_VAE_DATA_DIR=str(data_dir))
     cmd = [sys.executable, "-m", "pyro_vae", "train", *argv]

@@ -18,6 +18,7 @@ Every file pyro-vae writes into a run folder goes through this module:
 import errno
 import io
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -176,7 +177,7 @@ class FolderLock:
             raise WriteFailed(self.path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             folder = self.path.parent
@@ -185,6 +186,14 @@ class FolderLock:
                 "folder has one writer: wait for it to end, or stop it and run "
                 f"pyro-vae train --resume {folder}"
             ) from None
+        except OSError as exc:  # a file system without locks (some network mounts)
+            os.close(fd)
+            print(
+                f"pyro-vae: warning: cannot lock {self.path} ({exc.strerror}); make sure no "
+                "other process writes this run folder",
+                file=sys.stderr,
+            )
+            return self
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
