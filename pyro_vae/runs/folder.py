@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.errors import UserError
-from pyro_vae.runs.files import append_line, write_file, write_torch
+from pyro_vae.runs.files import WriteFailed, append_line, write_file, write_torch
 
 __all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir"]
 
@@ -88,7 +88,7 @@ class Run:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create run folder {path}: {exc.strerror}") from None
+            raise WriteFailed(path, exc) from None  # one line: the folder and the cause
         return cls(path)
 
     def clear(self) -> None:
