@@ -39,9 +39,10 @@ __all__ = [
     "FolderLock",
 ]
 
+EDQUOT = getattr(errno, "EDQUOT", -1)  # not on Windows
 CAUSES = {
     errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
+    EDQUOT: "disk quota exceeded",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
@@ -62,7 +63,7 @@ class WriteFailed(UserError):
 
     @property
     def no_space(self) -> bool:
-        return self.error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return self.error.errno in (errno.ENOSPC, EDQUOT)
 
     def explained(self, safe: str) -> "WriteFailed":
         """The same failure with ``safe`` (what is intact, what to do) added to its line."""
