@@ -254,7 +254,7 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
             else:
                 unsaved = copy.deepcopy(state)
             if stop:
-                if main and not config.quiet:
+                if main:  # even with --quiet: the run ends before --epochs
                     print(_stopped_line(best, config.early_stopping), flush=True)
                 break
         if main:
