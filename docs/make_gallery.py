@@ -76,6 +76,13 @@ GALLERY = [
         {"comparison.png": "kw-comparison.png"},
     ),
     Entry(
+        "burda2016-vae-k1",
+        "Burda et al. (2016) reproduced: 3280 epochs (about 2.6 hours)",
+        "benchmarks.md",
+        [Step("pyro-vae train --config recipes/burda2016-vae-k1.toml --out {run} --quiet")],
+        {"figures/curves.png": "burda2016-curves.png"},
+    ),
+    Entry(
         "family",
         "The autoencoder family",
         "autoencoders.md",

@@ -233,3 +233,31 @@ def test_evaluate_refuses_a_checkpoint_of_another_configuration(trained_run, cap
     torch.save(state, trained_run / "checkpoint.pt")
     assert main(["evaluate", str(trained_run), "--iw-samples", "5"]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epochs, long", [(20, False), (400, True)])
+def test_curves_of_a_long_run_use_a_log_epoch_axis_and_ignore_its_first_epochs(
+    monkeypatch, tmp_path, epochs, long
+):
+    from pyro_vae.evaluation import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    metrics = [
+        {
+            "epoch": e,
+            "train_loss": 90 + 200 / e,
+            "test_elbo": -91 - 200 / e,
+            "test_recon": math.nan,
+            "val_elbo": math.nan,
+            "test_iwae": -87 - 100 / e if e % (epochs // 4) == 0 else math.nan,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    figures.plot_curves(metrics, tmp_path / "curves.png")
+    (ax,) = drawn[0].axes
+    assert ax.get_xscale() == ("log" if long else "linear")
+    bottom, top = ax.get_ylim()
+    assert (bottom > -291) == long  # the first epoch's -291 sets the range of a short run only
+    assert top > -87 - 100 / epochs  # the IWAE points stay inside
+    assert [len(line.get_xdata()) for line in ax.lines] == [epochs, epochs, 4]

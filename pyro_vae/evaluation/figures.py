@@ -117,27 +117,51 @@ def plot_samples(vae: LatentModel, path: Path, image_shape: Sequence[int], n: in
     _save_grid(grid, "samples: mean of p(x|z), z ~ p(z)", path)
 
 
+LONG_RUN = 50  # epochs above which curves lose their markers and the epoch axis turns log-scale
+
+
 def plot_curves(metrics: list[dict[str, float]], path: Path) -> None:
     """Training objective and test ELBO (nats per data point) against epochs; for a model
-    without an ELBO, its test reconstruction term."""
+    without an ELBO, its test reconstruction term. A long run (more than LONG_RUN epochs) is
+    drawn on a log-scale epoch axis, without the first 1% of its epochs setting the y range, so
+    that its late, slow progress stays visible."""
     epochs = [m["epoch"] for m in metrics]
+    long = len(epochs) > LONG_RUN
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(epochs, [-m["train_loss"] for m in metrics], "o-", label="train (-loss)")
+    curves = {"train (-loss)": [-m["train_loss"] for m in metrics]}
     if any(math.isfinite(m["test_elbo"]) for m in metrics):
-        ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", label="test ELBO")
+        curves["test ELBO"] = [m["test_elbo"] for m in metrics]
     else:  # a model without an ELBO (the autoencoder): its reconstruction term
-        ax.plot(epochs, [m["test_recon"] for m in metrics], "s-", label="test log p(x | f(x))")
+        curves["test log p(x | f(x))"] = [m["test_recon"] for m in metrics]
     if "val_elbo" in metrics[0] and metrics[0]["val_elbo"] == metrics[0]["val_elbo"]:
-        ax.plot(epochs, [m["val_elbo"] for m in metrics], "^-", label="validation ELBO")
+        curves["validation ELBO"] = [m["val_elbo"] for m in metrics]
+    for (label, values), marker in zip(curves.items(), "os^", strict=False):
+        ax.plot(epochs, values, "-" if long else marker + "-", label=label)
     iwae = [
         (m["epoch"], m["test_iwae"])
         for m in metrics
         if m.get("test_iwae", math.nan) == m.get("test_iwae")
     ]
     if iwae:
-        ax.plot(*zip(*iwae, strict=True), "D", label="test IWAE bound (subset, small K)")
+        ax.plot(
+            *zip(*iwae, strict=True),
+            "D",
+            ms=3 if long else 6,
+            label="test IWAE bound (subset, small K)",
+        )
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if long:
+        ax.set_xscale("log")
+        late = [
+            v
+            for values in curves.values()
+            for e, v in zip(epochs, values, strict=True)
+            if e >= 0.01 * epochs[-1] and math.isfinite(v)
+        ]
+        top = max(late + [v for _, v in iwae])
+        ax.set_ylim(min(late) - 0.05 * (top - min(late)), top + 0.05 * (top - min(late)))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
     ax.legend()
