@@ -109,3 +109,26 @@ def test_gallery_regenerates_an_entry(real_data_dir, tmp_path):
     made = sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir())
     assert made == sorted(_gallery().GALLERY[0].figures.values())
     assert (tmp_path / "docs" / "gallery.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "latex, spaced",
+    [
+        (r"\log p(x)", True),
+        (r"\log \frac{1}{K}", True),
+        (r"\mathbb{E}\big[\log p_\theta(x)\big]", True),
+        (r"\log(x)", False),
+        (r"\log \big(x\big)", False),
+        (r"\exp[a]", False),
+    ],
+)
+def test_an_operator_name_is_set_apart_from_what_it_applies_to(latex, spaced):
+    """As TeX does: a thin space after log or exp, none before an opening bracket."""
+    pytest.importorskip("latex2mathml")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "_hooks" / "mathml.py"
+    spec = importlib.util.spec_from_file_location("mathml_hook", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    assert (hook.THIN_SPACE in hook._mathml(latex, "inline", page=None)) == spaced

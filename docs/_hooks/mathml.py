@@ -14,13 +14,21 @@ from latex2mathml.converter import convert
 
 BLOCK = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.S)
 INLINE = re.compile(r'<span class="arithmatex">\\\((.*?)\\\)</span>', re.S)
+# latex2mathml writes \log p as <mi>log</mi><mi>p</mi>, which browsers set as "logp"; TeX puts a
+# thin space after such an operator name unless an opening bracket follows: so do we.
+OPERATOR_NAME = re.compile(
+    r"(<mi>(?:log|exp|ln|det|tr|Pr|sin|cos|tanh)</mi>)"
+    r"(?!(?:<mrow>)?<mo[^>]*>(?:[([{]|&#x0(?:0028|005B|007B);))"
+)
+THIN_SPACE = '<mspace width="0.1667em"></mspace>'
 
 
 def _mathml(latex: str, display: str, page) -> str:
     try:
-        return convert(html.unescape(latex).strip(), display=display)
+        mathml = convert(html.unescape(latex).strip(), display=display)
     except Exception as exc:
         raise ValueError(f"{page.file.src_path}: cannot typeset ${latex}$: {exc}") from exc
+    return OPERATOR_NAME.sub(lambda m: m.group(1) + THIN_SPACE, mathml)
 
 
 def on_page_content(content: str, page, config, files) -> str:
