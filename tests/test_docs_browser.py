@@ -10,6 +10,7 @@ theory page is kept in the test's temporary folder.
 
 import functools
 import http.server
+import re
 import shutil
 import subprocess
 import threading
@@ -118,5 +119,7 @@ def test_every_page_loads_offline_without_errors_or_raw_math(site, served, brows
         assert not outside(seen["requests"], served), (page_file.name, seen["requests"])
         assert not seen["errors"], (page_file.name, seen["errors"])
         assert "$$" not in seen["text"], page_file.name
+        roles = re.findall(r":(?:class|func|meth|mod|attr|data|exc):\S+", seen["text"])
+        assert not roles, (page_file.name, roles[:5])  # docstrings' Sphinx roles, as text
         assert seen["laid_out"] == seen["math"], page_file.name
         assert not seen["unknown_commands"], (page_file.name, seen["unknown_commands"])

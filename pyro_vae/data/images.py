@@ -9,12 +9,13 @@ variable, else a cache folder (``$XDG_CACHE_HOME/pyro-vae`` or ``~/.cache/pyro-v
 torchvision downloads the data on first use. A folder named explicitly is never downloaded into.
 
 Binarization (``--binarize``):
-  - ``dynamic`` (default; the standard for likelihood results since Salakhutdinov and Murray
-    2008 and Burda et al. 2016): every epoch, each training pixel is redrawn as
-    Bernoulli(intensity). Validation and test sets are binarized once, with a fixed seed, so that
-    evaluations compare.
-  - ``static``: one binarization of every split, drawn from ``--seed``.
-  - ``none``: keep intensities in [0, 1] (use a Gaussian likelihood, not Bernoulli).
+
+- ``dynamic`` (default; the standard for likelihood results since Salakhutdinov and Murray
+  2008 and Burda et al. 2016): every epoch, each training pixel is redrawn as
+  Bernoulli(intensity). Validation and test sets are binarized once, with a fixed seed, so that
+  evaluations compare.
+- ``static``: one binarization of every split, drawn from ``--seed``.
+- ``none``: keep intensities in [0, 1] (use a Gaussian likelihood, not Bernoulli).
 
 ``moving-mnist`` is a data set of sequences (:mod:`pyro_vae.data.sequences`): MNIST digits moving
 by a pixel per frame, ``--seq-len`` frames each, stored flat as (N, T * 784).
