@@ -1,49 +1,169 @@
-"""Throughput of the importance-weighted log-likelihood estimate, and peak memory.
+"""The importance-weighted log-likelihood through the library against the same computation by
+hand, interleaved in one process; and peak memory.
 
 Times :func:`pyro_vae.log_likelihood` (K importance samples per image, chunked over samples and
-images) on MNIST test images with the default 784-400-50 network, and prints images per second
-for each K and the process's peak resident memory.
+images) and :func:`hand_written_log_likelihood` (the same modules, chunks and random draws, in
+plain PyTorch) on MNIST test images, alternating library and hand-written runs (A B, B A, ...,
+after one untimed run of each) so that machine noise hits both alike. For each K it prints both
+medians, the median ratio library / hand-written, the user and system CPU seconds and minor page
+faults of each, and checks that both give the same numbers.
 
-    python benchmarks/bench_evaluation.py                     # K = 1000 and 5000, 200 images
-    python benchmarks/bench_evaluation.py --images 20 --samples 100   # seconds, for CI
+``--malloc keep`` (the default, as every ``pyro-vae`` command runs) first calls
+:func:`pyro_vae.keep_freed_memory`; ``--malloc default`` leaves glibc's ``malloc`` as it is, which
+hands each chunk's memory back to the kernel (page faults: see :mod:`pyro_vae.memory`).
 
-Needs MNIST (PYRO_VAE_DATA_DIR or --data-dir); --synthetic uses random binary images instead.
-The network is untrained: throughput does not depend on the weights.
+    python benchmarks/bench_evaluation.py                          # untrained 784-400-50 VAE
+    python benchmarks/bench_evaluation.py --run RUN_DIR --images 300 --samples 5000
+    python benchmarks/bench_evaluation.py --malloc default     # glibc's own thresholds
+    python benchmarks/bench_evaluation.py --images 20 --samples 100 --repeats 1  # seconds
+
+``--run`` loads a trained run (an MLP VAE with the N(0, I) prior and the Bernoulli likelihood,
+the model the hand-written version implements); without it the network is untrained, which
+does not change the work. Needs MNIST (PYRO_VAE_DATA_DIR or --data-dir); --synthetic uses
+random binary images instead.
 """
 
 import argparse
+import math
 import resource
+import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
-from pyro_vae import build_vae, load_data, log_likelihood
+from pyro_vae import (
+    BernoulliLikelihood,
+    StandardNormalPrior,
+    build_vae,
+    keep_freed_memory,
+    load_data,
+    load_vae,
+    log_likelihood,
+)
+from pyro_vae.models.vae import VAE
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@torch.no_grad()
+def hand_written_log_likelihood(
+    encoder, decoder, x: torch.Tensor, num_samples: int, batch_size: int = 100, chunk: int = 100
+) -> torch.Tensor:
+    """L_K(x_n) of a VAE with N(0, I) prior, diagonal Gaussian q(z|x) and Bernoulli logits, in
+    plain PyTorch: per chunk, encode, draw z = loc + scale * eps (eps drawn as torch's Normal
+    draws it, so that one seed gives the library's draws), decode, and fold the log-weights
+    log p(x|z) + log p(z) - log q(z|x) into a running logsumexp."""
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        total = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+        for done in range(0, num_samples, chunk):
+            k = min(chunk, num_samples - done)
+            loc, scale = encoder(xb)
+            eps = torch.randn(k, *loc.shape, dtype=loc.dtype, device=loc.device)
+            z = loc + eps * scale
+            logits = decoder(z)
+            log_px = -F.binary_cross_entropy_with_logits(
+                logits, xb.expand_as(logits), reduction="none"
+            ).sum(-1)
+            log_pz = (-0.5 * z.square() - HALF_LOG_2PI).sum(-1)
+            log_qz = (-0.5 * eps.square() - scale.log() - HALF_LOG_2PI).sum(-1)
+            total = torch.logaddexp(total, torch.logsumexp(log_px + log_pz - log_qz, dim=0))
+        out.append(total - math.log(num_samples))
+    return torch.cat(out)
+
+
+def _timed(fn, seed: int) -> tuple[torch.Tensor, dict]:
+    torch.manual_seed(seed)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return result, {
+        "seconds": seconds,
+        "user": after.ru_utime - before.ru_utime,
+        "system": after.ru_stime - before.ru_stime,
+        "faults": after.ru_minflt - before.ru_minflt,
+    }
+
+
+def _model(run: str | None) -> VAE:
+    if run is None:
+        torch.manual_seed(0)
+        return build_vae(784)
+    vae, _ = load_vae(run)
+    supported = (
+        isinstance(vae, VAE)
+        and isinstance(vae.prior, StandardNormalPrior)
+        and isinstance(vae.likelihood, BernoulliLikelihood)
+    )
+    if not supported:
+        raise SystemExit(
+            f"{run}: the hand-written reference implements the VAE with --prior normal and "
+            "--likelihood bernoulli only"
+        )
+    return vae
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default=None, help="a trained run folder (default: untrained)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--samples", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.malloc == "keep" and keep_freed_memory()
     if args.synthetic:
         x = torch.bernoulli(torch.full((args.images, 784), 0.13))
     else:
         x = load_data("mnist", args.data_dir, limit_test=args.images).test
-    torch.manual_seed(0)
-    vae = build_vae(784)
+    vae = _model(args.run).eval()
+    ways = {
+        "library": lambda k: log_likelihood(vae, x, num_samples=k),
+        "by hand": lambda k: hand_written_log_likelihood(vae.encoder, vae.decoder, x, k),
+    }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {x.shape[0]} images")
-    print("| K | seconds | images per second | mean L_K (untrained net) |")
-    print("| --- | --- | --- | --- |")
+    print(f"model: {args.run or 'untrained 784-400-50 VAE'}; {args.repeats} interleaved repeats")
+    print(f"malloc: {'keeps freed memory' if kept else 'glibc defaults'}")
+    print()
+    print(
+        "| K | way | median s | images/s | user s | system s | minor faults | mean L_K |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    ratios = {}
     for k in args.samples:
-        start = time.perf_counter()
-        ll = log_likelihood(vae, x, num_samples=k)
-        seconds = time.perf_counter() - start
-        print(f"| {k} | {seconds:.1f} | {x.shape[0] / seconds:.2f} | {ll.mean().item():.1f} |")
+        stats = {name: [] for name in ways}
+        results = {}
+        for fn in ways.values():  # warm-up: lazy initialisation, the heap's first growth
+            fn(min(k, 100))
+        for repeat in range(args.repeats):
+            order = list(ways.items())
+            for name, fn in order if repeat % 2 == 0 else order[::-1]:  # A B, B A, ...
+                results[name], used = _timed(lambda fn=fn, k=k: fn(k), seed=repeat)
+                stats[name].append(used)
+        gap = (results["library"] - results["by hand"]).abs().max().item()
+        if gap > 1e-3:
+            raise SystemExit(f"K = {k}: library and hand-written differ by {gap:.2e} nats")
+        for name, used in stats.items():
+            med = {key: statistics.median(u[key] for u in used) for key in used[0]}
+            print(
+                f"| {k} | {name} | {med['seconds']:.2f} | {x.shape[0] / med['seconds']:.1f} "
+                f"| {med['user']:.2f} | {med['system']:.2f} | {med['faults']:.0f} "
+                f"| {results[name].mean().item():.3f} |"
+            )
+        pairs = zip(stats["library"], stats["by hand"], strict=True)
+        ratios[k] = statistics.median(a["seconds"] / b["seconds"] for a, b in pairs)
+    print()
+    for k, ratio in ratios.items():
+        print(f"K = {k}: library / hand-written = {ratio:.2f} (median of per-repeat ratios)")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
 

@@ -16,7 +16,7 @@ The package is layered; each subpackage imports only those below it:
     models/      the model interface, the VAE, the autoencoders and the VQ-VAE, priors,
                  likelihoods, networks
     data/        image data sets as tensors
-    errors.py, distributed.py
+    errors.py, distributed.py, memory.py (malloc keeps freed memory: evaluation's speed)
 
 Every public name is importable from ``pyro_vae`` itself.
 """
@@ -39,6 +39,7 @@ from pyro_vae.infer.objectives import iwae_loss, make_objective
 from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder, sample_posterior
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.infer.traces import log_densities
+from pyro_vae.memory import keep_freed_memory
 from pyro_vae.models import MODELS
 from pyro_vae.models.autoencoders import Autoencoder
 from pyro_vae.models.base import LatentModel
@@ -117,6 +118,7 @@ __all__ = [
     "make_trainer",
     "mutual_information",
     "log_likelihood",
+    "keep_freed_memory",
     "active_units",
     "heldout_metrics",
     "reconstruction_metrics",

@@ -16,6 +16,7 @@ from pyro_vae.models.networks import MLPDecoder, MLPEncoder
 from pyro_vae.models.priors import (
     FlowPrior,
     MixtureOfGaussiansPrior,
+    StandardNormal,
     StandardNormalPrior,
     VampPrior,
     check_prior_spec,
@@ -172,6 +173,31 @@ def test_vamp_prior_gradient_to_the_encoder_is_a_choice(encoder_gradients):
 def test_only_the_standard_normal_has_a_closed_form_kl():
     closed = {spec: has_closed_form_kl(make_vae(spec).prior, Z) for spec in SPECS}
     assert closed == {"normal": True, "mog:3": False, "vamp:4": False, "flow:2": False}
+
+
+@pytest.mark.parametrize("batch_shape", [(), (7,), (5, 7)])
+def test_standard_normal_is_pyros_normal_to_the_last_bit(batch_shape):
+    """The cheaper log-density changes no number: log_prob, its gradient, the closed-form KL,
+    and its shape under the plates' expand (particles x data) are those of Normal(0, 1)."""
+    import pyro.distributions as dist
+
+    ours = StandardNormalPrior(Z)().expand(batch_shape)
+    pyro_s = dist.Normal(torch.zeros(Z), torch.ones(Z)).to_event(1).expand(batch_shape)
+    assert isinstance(ours.base_dist, StandardNormal)
+    for z_shape in [(5, 7, Z), (7, Z), (Z,)]:
+        z = (3 * torch.randn(z_shape)).requires_grad_()
+        a, b = ours.log_prob(z), pyro_s.log_prob(z)
+        assert a.shape == b.shape and torch.equal(a, b)
+        (ga,) = torch.autograd.grad(a.sum(), z)
+        (gb,) = torch.autograd.grad(b.sum(), z)
+        if z.shape[:-1] == a.shape:  # as in the model: z has the batch shape
+            assert torch.equal(ga, gb)
+        else:  # z broadcast over the batch: its gradient sums copies in another order
+            assert torch.allclose(ga, gb, rtol=1e-6)
+    q = dist.Normal(torch.randn(7, Z), torch.rand(7, Z) + 0.1).to_event(1)
+    kl = torch.distributions.kl_divergence(q, StandardNormalPrior(Z)().expand((7,)))
+    closed = 0.5 * (q.mean**2 + q.variance - 1 - q.variance.log()).sum(-1)
+    assert torch.allclose(kl, closed, atol=1e-6)
 
 
 def test_prior_specs_name_every_constructor_argument():

