@@ -5,17 +5,18 @@ latent draws at a time (10,000 at the defaults: tensors of 31 MB for MNIST) and 
 at the end of each chunk. glibc's ``malloc`` then trims the top of its heap (more than
 ``M_TRIM_THRESHOLD`` free, by default twice the largest block it has seen) and returns those
 pages to the kernel, so the next chunk writes to fresh pages and takes a page fault for every
-4 KiB of them: measured on 300 MNIST images at K = 1000, 2.3 times the page faults of a
-hand-written loop, 2.7 times its system time, 1.40 times its wall time (docs/benchmarks.md,
-"Evaluation against a hand-written loop"). A hand-written loop that happens to keep one chunk's
-tensor alive until the next escapes it; the library's traces do not.
+4 KiB of them: measured on 300 MNIST images at K = 1000, 2.2 times the page faults of a
+hand-written loop, 2.3 times its system time, 1.27 times its wall time (docs/benchmarks.md,
+"Evaluation against a hand-written loop"; 1.02 times with this module's setting). A
+hand-written loop that happens to keep one chunk's tensor alive until the next escapes it; the
+library's traces do not.
 
 :func:`keep_freed_memory` fixes both of ``malloc``'s thresholds (``mallopt``) so that freed
 blocks stay in the process for the next chunk: the process keeps its peak memory instead of
 returning it between chunks, as PyTorch's CUDA caching allocator does on the GPU. The command
 line (every ``pyro-vae`` command and the examples) calls it at start; Python users call it
-once, before evaluating. It changes nothing elsewhere than on glibc (Linux): there it returns
-False and does nothing.
+once, before evaluating. Only glibc (Linux) has these settings: elsewhere it returns False and
+changes nothing.
 """
 
 import ctypes

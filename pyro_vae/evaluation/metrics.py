@@ -95,7 +95,7 @@ def log_likelihood(
 
     Call :func:`pyro_vae.keep_freed_memory` once first (the command line does): without it
     glibc hands each chunk's memory back to the kernel and the next chunk page-faults it in
-    again, 1.4 times the time of the same loop written by hand (:mod:`pyro_vae.memory`).
+    again, up to 1.3 times the time of the same loop written by hand (:mod:`pyro_vae.memory`).
     """
     sizes = {"num_samples": num_samples, "batch_size": batch_size, "sample_chunk": sample_chunk}
     for name, value in sizes.items():
