@@ -77,7 +77,7 @@ GALLERY = [
     ),
     Entry(
         "burda2016-vae-k1",
-        "Burda et al. (2016) reproduced: 3280 epochs (about 2.6 hours)",
+        "Burda et al. (2016), their recipe: 3280 epochs (about 2.6 hours)",
         "benchmarks.md",
         [Step("pyro-vae train --config recipes/burda2016-vae-k1.toml --out {run} --quiet")],
         {"figures/curves.png": "burda2016-curves.png"},
