@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
+from pyro_vae.devices import DEVICES
 from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
@@ -273,7 +274,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "best.pt keeps the best epoch whenever there is a validation set)",
     )
     train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
+    train.add_argument("--device", choices=DEVICES, default=d.device)
     train.add_argument(
         "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
     )
@@ -525,6 +526,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.checkpoint,
         progress=not args.quiet,
         out=args.out,
+        device=args.device,
     )
     print(eval_table(result))
     if (Path(args.run_dir) / "priors").is_dir():  # a VQ-VAE with priors fitted to its codes
@@ -538,8 +540,18 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from pyro_vae.cli.posthoc import plot_run
 
-    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint, args.out):
+    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint, args.out, args.device):
         print(path)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device cpu | cuda`` of a command on a finished run (any run, wherever it trained)."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the model runs (a run trained on either loads on either)",
+    )
 
 
 def add_posthoc_commands(commands) -> None:
@@ -564,6 +576,7 @@ def add_posthoc_commands(commands) -> None:
     plot.add_argument("run_dir", metavar="RUN_DIR")
     for sub in (evaluate, plot):
         sub.add_argument("--data-dir", default=None, help="override the run's data folder")
+        add_device_argument(sub)
         sub.add_argument(
             "--checkpoint",
             choices=tuple(CHECKPOINTS),
@@ -597,6 +610,7 @@ def add_fit_prior_command(commands) -> None:
     fit_prior.add_argument("--lr", type=positive_float, default=1e-3)
     fit_prior.add_argument("--seed", type=int, default=0)
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
+    add_device_argument(fit_prior)
     fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
@@ -613,6 +627,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
             seed=args.seed,
             data_dir=args.data_dir,
             quiet=args.quiet,
+            device=args.device,
         )
     print(prior_table(args.run_dir))
 

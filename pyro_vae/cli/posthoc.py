@@ -34,6 +34,7 @@ def evaluate_run(
     checkpoint: str = "last",
     progress: bool = False,
     out: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Evaluate a run on (the first ``limit`` images of) its test set; writes ``eval.json``
     (``eval-best.json`` for ``checkpoint="best"``, the best validation ELBO's ``best.pt``).
@@ -43,7 +44,8 @@ def evaluate_run(
     corrupted test images, for any model (a denoising run reports its own corruption anyway).
     ``progress``: a progress bar with the time left while the log-likelihood is estimated.
     ``out``: the folder to write the result into instead of the run folder (which is then only
-    read: a run on a read-only mount, or someone else's).
+    read: a run on a read-only mount, or someone else's). ``device``: where the model and the
+    test images go for the estimates (``cuda``: the GPU).
     """
     if corrupt is not None:
         parse_corruption(corrupt)
@@ -54,8 +56,8 @@ def evaluate_run(
     path = results_folder(run_dir, out, "eval.json") / (
         "eval.json" if checkpoint == "last" else f"eval-{checkpoint}.json"
     )
-    vae, data, epoch = load_run(run_dir, data_dir, checkpoint)
-    x = data.test[:limit] if limit else data.test
+    vae, data, epoch = load_run(run_dir, data_dir, checkpoint, device)
+    x = (data.test[:limit] if limit else data.test).to(device)
     start = time.perf_counter()
     metrics = heldout_metrics(vae, x, iw_samples, corrupt, progress)
     result = {
@@ -164,12 +166,14 @@ def plot_run(
     data_dir: str | None = None,
     checkpoint: str = "last",
     out: str | Path | None = None,
+    device: str = "cpu",
 ) -> list[Path]:
     """Regenerate every figure of a run into its ``figures/`` folder (``figures-best/`` for the
-    ``best.pt`` checkpoint), or into ``out/figures[-best]`` when ``out`` is given."""
+    ``best.pt`` checkpoint), or into ``out/figures[-best]`` when ``out`` is given; the model
+    runs on ``device``."""
     name = "figures" if checkpoint == "last" else f"figures-{checkpoint}"
     folder = results_folder(run_dir, out, f"{name}/") / name
-    vae, data, _ = load_run(run_dir, data_dir, checkpoint)
+    vae, data, _ = load_run(run_dir, data_dir, checkpoint, device)
     run = Run(run_dir)
     return write_figures(
         vae, data.test, run.read_metrics(), folder, data.image_shape, data.test_labels

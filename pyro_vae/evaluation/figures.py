@@ -39,6 +39,7 @@ matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from pyro_vae.devices import forked_rng  # noqa: E402
 from pyro_vae.evaluation.metrics import code_assignments, corrupt_fixed  # noqa: E402
 from pyro_vae.models.base import LatentModel  # noqa: E402
 from pyro_vae.runs.files import check_writable, write_file  # noqa: E402
@@ -408,7 +409,7 @@ def write_figures(
     paths = [folder / f"{name}.png" for name in vae.figures]
     was_training = vae.training
     vae.eval()
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), forked_rng(_device(vae)):
         torch.manual_seed(0)
         for name, path in zip(vae.figures, paths, strict=True):
             FIGURES[name](vae, test, labels, path, image_shape)

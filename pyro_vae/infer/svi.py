@@ -133,7 +133,7 @@ def epoch_loop(
     shapes again at about a tenth of a step's time (docs/benchmarks.md); a non-finite loss is still
     caught by :func:`gradient_step`."""
     validate = pyro.infer.is_validation_enabled()
-    total, seen = torch.zeros(()), 0
+    total, seen = torch.zeros((), device=x.device), 0
     batches = tqdm(
         minibatches(x, batch_size, generator),
         total=-(-x.shape[0] // batch_size),

@@ -44,7 +44,7 @@ from pyro_vae.models.corruption import Corruption
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.networks import build_networks, check_networks
 
-__all__ = ["Autoencoder", "sparsity_kl", "NOT_APPLICABLE"]
+__all__ = ["Autoencoder", "FlatPrior", "sparsity_kl", "NOT_APPLICABLE"]
 
 #: Why the VAE's probabilistic metrics are left out for the autoencoder (written to eval.json).
 NOT_APPLICABLE = {
@@ -62,6 +62,14 @@ def sparsity_kl(codes: torch.Tensor, target: float, eps: float = 1e-6) -> torch.
     rho_hat = codes.mean(-2).clamp(eps, 1 - eps)
     kl = target * (target / rho_hat).log() + (1 - target) * ((1 - target) / (1 - rho_hat)).log()
     return kl.sum(-1)
+
+
+class FlatPrior(dist.ImproperUniform):
+    """Pyro's ``ImproperUniform`` (log-density 0), with its zeros on the value's device: Pyro's
+    own are a CPU tensor, which per-data-point sums of a model on the GPU cannot add."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(value).to(value.device)
 
 
 class Autoencoder(LatentModel):
@@ -170,7 +178,7 @@ class Autoencoder(LatentModel):
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         """Flat p(z), p_theta(x | z), and the sparsity factor; ``kl_weight`` is unused (no KL)."""
         self.register_modules("decoder", "likelihood")
-        flat = dist.ImproperUniform(constraints.real, (), (self.z_dim,))
+        flat = FlatPrior(constraints.real, (), (self.z_dim,))
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", flat)
             if self.sparsity is not None:

@@ -242,10 +242,11 @@ def make_prior(spec: str, z_dim: int, encoder: nn.Module, data_dim: int) -> nn.M
 
 def has_closed_form_kl(prior: nn.Module, z_dim: int) -> bool:
     """Whether torch knows KL(diagonal Gaussian || prior()) in closed form (``meanfield``)."""
-    q = dist.Normal(torch.zeros(z_dim), torch.ones(z_dim)).to_event(1)
+    device = next(iter([*prior.parameters(), *prior.buffers()]), torch.zeros(())).device
+    q = dist.Normal(torch.zeros(z_dim, device=device), torch.ones(z_dim, device=device))
     try:
         with torch.no_grad():
-            torch.distributions.kl_divergence(q, prior())
+            torch.distributions.kl_divergence(q.to_event(1), prior())
     except NotImplementedError:
         return False
     return True

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pyro_vae.devices import forked_rng
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import plot_samples
@@ -70,11 +71,13 @@ def fit_code_prior(
     seed: int = 0,
     data_dir: str | None = None,
     quiet: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Fit a code prior to the VQ-VAE of ``run_dir``; returns its ``eval.json`` record.
 
     ``spec``: a built-in prior (:mod:`pyro_vae.models.code_priors`); or ``prior``: a module of
     your own that follows the code-prior protocol, saved under ``name`` (default ``custom``).
+    ``device``: where the VQ-VAE and the prior run (``cuda``: the GPU).
     """
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr)):
         if not value > 0:
@@ -89,7 +92,7 @@ def fit_code_prior(
         raise UserError(
             f"a prior's name must be a plain folder name (letters, digits, ._-): {name!r}"
         )
-    model, data, stage1_epoch = load_run(run_dir, data_dir)
+    model, data, stage1_epoch = load_run(run_dir, data_dir, device=device)
     if not isinstance(model, VQVAE):
         raise UserError(f"{run_dir} holds a {type(model).__name__}; fit-prior needs a VQ-VAE run")
     device = next(model.parameters()).device
@@ -119,7 +122,7 @@ def fit_code_prior(
         "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
     }
     write_file(folder / "eval.json", json.dumps(result, indent=2) + "\n")
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(device):
         torch.manual_seed(0)
         plot_samples(model.eval(), folder / "samples.png", data.image_shape)
     return result

@@ -10,9 +10,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import torch
-
 from pyro_vae.data.images import BINARIZATIONS, DATASETS, SEQUENCE_DATASETS
+from pyro_vae.devices import DEVICES, check_device
 from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
@@ -128,7 +127,7 @@ class TrainConfig:
             "e_rule": E_RULES,
             "mc_kernel": KERNELS,
             "arch": ARCHS,
-            "device": ("cpu", "cuda"),
+            "device": DEVICES,
             "codebook_update": CODEBOOK_UPDATES,
             "activation": tuple(ACTIVATIONS),
             "lr_schedule": SCHEDULES,
@@ -217,8 +216,7 @@ class TrainConfig:
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "
                 "or --likelihood gaussian for intensities in [0, 1]"
             )
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+        check_device(self.device)
         return self
 
     def _check_plugins(self) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from pyro_vae import distributed
 from pyro_vae.data.images import ImageData, load_data
+from pyro_vae.devices import check_device, forked_rng
 from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import write_figures
@@ -450,7 +451,7 @@ def heldout_columns(
     }
     if not evaluation_due(config, epoch):
         return {**dict.fromkeys(columns), "train_iwae": None}
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(test.device):
         m = heldout_metrics(vae, test[: config.eval_limit], config.eval_iw_samples)
         train_iwae = (
             log_likelihood_mean_sem(vae, train[: config.eval_limit], config.eval_iw_samples)[0]
@@ -525,18 +526,22 @@ def load_vae(
 
 
 def load_run(
-    run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last"
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    checkpoint: str = "last",
+    device: str = "cpu",
 ) -> tuple[LatentModel, ImageData, int]:
-    """The trained model, its data (test set as in training) and the checkpoint's epoch;
-    ``checkpoint``: ``"last"`` or ``"best"`` (see :func:`load_vae`)."""
+    """The trained model on ``device``, its data (test set as in training, on the CPU) and the
+    checkpoint's epoch; ``checkpoint``: ``"last"`` or ``"best"`` (see :func:`load_vae`)."""
     run = Run(run_dir)
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
+    check_device(device)
     state = run.load_checkpoint(checkpoint)
-    vae, config = load_vae(str(run_dir), state=state)
+    vae, config = load_vae(str(run_dir), device=device, state=state)
     data = run_data(config, data_dir)
     try:
-        vae.codes(data.test[:1])
+        vae.codes(data.test[:1].to(device))
     except RuntimeError:
         raise UserError(
             f"checkpoint in {run_dir} does not fit its data ({config.dataset}, "

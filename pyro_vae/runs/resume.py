@@ -129,17 +129,24 @@ def rng_states(data_rng: torch.Generator) -> dict:
         "has_gauss": int(has_gauss),
         "cached_gaussian": float(cached_gaussian),
     }
-    return {
+    states = {
         "torch": torch.get_rng_state(),
         "data": data_rng.get_state(),
         "numpy": numpy_state,
         "python": random.getstate(),  # (int, tuple of ints, float or None): plain data
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # draws made on the GPU
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def set_rng_states(rng: dict, data_rng: torch.Generator) -> None:
-    """Restore :func:`rng_states` (or a version-1 checkpoint's, with numpy's state as saved)."""
+    """Restore :func:`rng_states` (or a version-1 checkpoint's, with numpy's state as saved).
+    The GPU's state is restored where the run continues on a GPU (a run moved from the GPU to
+    the CPU continues on the CPU's generator)."""
     torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     data_rng.set_state(rng["data"])
     numpy_state = rng["numpy"]
     if isinstance(numpy_state, dict):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.devices import forked_rng
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import image_grid
 from pyro_vae.models import LatentModel
@@ -67,8 +68,8 @@ class Board:
         was_training = vae.training
         vae.eval()
         grids = {}
-        with torch.random.fork_rng(devices=[]):
-            device = next(vae.parameters()).device
+        device = next(vae.parameters()).device
+        with forked_rng(device):
             if "reconstructions" in vae.figures:
                 x = test[:IMAGES].to(device)
                 pair = torch.cat([x, vae.reconstruct(x)]).cpu()
