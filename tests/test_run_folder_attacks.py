@@ -11,6 +11,8 @@ import errno
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from test_cli import run_main  # (exit code, stderr)
 from test_schedules import small_config
+from test_tdvae import td_config
 from test_vqvae import vq_config
 
 from pyro_vae import fit
@@ -185,6 +188,44 @@ def test_fit_prior_writes_beside_planted_temporary_links(vq_run, victim, tmp_pat
     assert code == 0, err
     assert victim.read_bytes() == VICTIM and not marker.exists()
     assert (folder / name.removesuffix(".tmp")).is_file()
+
+
+def test_compare_writes_beside_links_planted_in_its_folder(fake_data_dir, tmp_path, victim, capsys):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    for name in ("comparison.csv", "comparison.md.tmp", "comparison.png"):
+        (out / name).symlink_to(victim)
+    argv = ["compare", "--algo", "svi", "--data-dir", str(fake_data_dir), "--epochs", "1"]
+    argv += ["--limit-train", "50", "--limit-test", "20", "--z-dim", "2", "--hidden-dims", "8"]
+    code, err = run_main(capsys, *argv, "--eval-every", "0", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert victim.read_bytes() == VICTIM
+    assert all((out / name).is_file() for name in ("comparison.csv", "comparison.png"))
+
+
+@pytest.mark.slow
+def test_the_rollouts_example_never_writes_through_a_link(fake_data_dir, tmp_path, victim):
+    run = fit(td_config(fake_data_dir, tmp_path / "td", epochs=1))
+    (run.path / "rollouts.json").symlink_to(victim)
+    (run.path / "figures" / "rollouts.png.tmp").symlink_to(victim)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "examples" / "tdvae_rollouts.py"), str(run.path)]
+    command += ["--vae-epochs", "1", "--vae-sequences", "20", "--limit", "10", "--samples", "2"]
+    env = dict(os.environ, PYTHONPATH=str(root))  # this checkout's pyro_vae
+
+    def rollouts() -> subprocess.CompletedProcess:
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    done = rollouts()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert victim.read_bytes() == VICTIM
+    assert not (run.path / "rollouts.json").is_symlink()
+    shutil.rmtree(run.figures_dir)
+    run.figures_dir.symlink_to(tmp_path, target_is_directory=True)
+    done = rollouts()
+    assert done.returncode == 4 and one_line(done.stderr), done.stderr
+    assert "figures: it is a symbolic link" in done.stderr
+    assert not (tmp_path / "rollouts.png").exists()
 
 
 # --- reading: regular files only, of a bounded size ----------------------------------------

@@ -266,8 +266,8 @@ def read_file(path: str | Path, kind: str) -> bytes:
         data = f.read(limit + 1) if size <= limit else b""
     if size > limit or len(data) > limit:
         raise UserError(
-            f"refusing to read {path}: it is larger than the {limit >> 20} MiB a {kind} "
-            f"can be ({max(size, len(data)) / 2**20:.0f} MiB or more); it is not pyro-vae's"
+            f"refusing to read {path}: it is larger than the {limit >> 20} MiB allowed for a "
+            f"{kind} ({max(size, len(data)):,} bytes)"
         )
     return data
 
