@@ -247,10 +247,11 @@ def open_regular(path: str | Path) -> BinaryIO:
     path = Path(path)
     mode = os.stat(path).st_mode
     if stat.S_ISREG(mode):  # checked before opening (a device is never opened), and after
-        fd = os.open(path, os.O_RDONLY | NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | NONBLOCK | getattr(os, "O_BINARY", 0))
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
-            os.set_blocking(fd, True)
+            if NONBLOCK:
+                os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
         os.close(fd)
     raise UserError(f"refusing to read {path}: it is {_kind(mode)}, not a regular file")
