@@ -25,6 +25,7 @@ from pyro_vae.data.sequences import frames
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import plot_rollouts
 from pyro_vae.evaluation.rollouts import rollout_metrics
+from pyro_vae.runs.files import check_writable, write_file
 
 
 def frame_vae(train: torch.Tensor, frame_dim: int, epochs: int, binarize: bool):
@@ -54,6 +55,8 @@ def main() -> None:
         if min(args.vae_epochs, args.vae_sequences, args.limit, args.samples) < 1:
             raise UserError("--vae-epochs, --vae-sequences, --limit and --samples must be positive")
         model, data, _ = load_run(args.run_dir, args.data_dir)
+        figures = Path(args.run_dir) / "figures"
+        check_writable(figures, root=args.run_dir)  # before the work; never through a link
         if not getattr(model, "sequences", False):
             raise UserError(f"{args.run_dir} holds a {type(model).__name__}, not a sequence model")
         torch.manual_seed(0)
@@ -65,7 +68,7 @@ def main() -> None:
         )
         test = data.test[: args.limit]
         result = rollout_metrics(model, test, samples=args.samples, frame_model=vae)
-        (Path(args.run_dir) / "rollouts.json").write_text(json.dumps(result, indent=2))
+        write_file(Path(args.run_dir) / "rollouts.json", json.dumps(result, indent=2) + "\n")
         print("| horizon | TD-VAE rollout | repeat last frame | frame VAE |")
         print("|---:|---:|---:|---:|")
         for h, row in enumerate(
@@ -82,9 +85,7 @@ def main() -> None:
         print(f"rollouts moving the true direction: {result['direction_accuracy']:.1%}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            plot_rollouts(
-                model, test, Path(args.run_dir) / "figures" / "rollouts.png", data.image_shape
-            )
+            plot_rollouts(model, test, figures / "rollouts.png", data.image_shape)
 
     raise SystemExit(run_cli(job))
 

@@ -3,6 +3,7 @@ EM's frozen sides, resume, and bad input."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,7 +180,8 @@ def test_td_vae_trains_resumes_exactly_evaluates_and_plots(fake_data_dir, tmp_pa
     example = Path(__file__).resolve().parents[1] / "examples" / "tdvae_rollouts.py"
     command = [sys.executable, str(example), str(resumed.path), "--vae-epochs", "1"]
     command += ["--vae-sequences", "20", "--limit", "10", "--samples", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(example.parents[1]))  # this checkout's pyro_vae
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| 4 |" in done.stdout and "true direction" in done.stdout
     saved = json.loads((resumed.path / "rollouts.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.devices import DEVICES
-from pyro_vae.errors import UserError
+from pyro_vae.errors import Stopped, UserError, stop_on_signals
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
@@ -419,15 +419,21 @@ def parse_train_config(
 
 def run_cli(job: Callable[[], object]) -> int:
     """Run ``job``; a :class:`UserError` becomes one line on stderr and its exit code (2 for
-    bad input, 3 for a diverged run, 130 for Ctrl-C). Freed memory is kept for reuse
-    (:func:`pyro_vae.memory.keep_freed_memory`: evaluation's chunks take no page faults)."""
+    bad input, 3 for a diverged run, 130 for Ctrl-C, 143 for SIGTERM and 138 for SIGUSR1,
+    which stop a job as Ctrl-C does: :func:`pyro_vae.errors.stop_on_signals`). Freed memory is
+    kept for reuse (:func:`pyro_vae.memory.keep_freed_memory`: evaluation's chunks take no page
+    faults)."""
     keep_freed_memory()
     try:
-        job()
+        with stop_on_signals():
+            job()
     except UserError as exc:
         print(f"pyro-vae: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # outside a training loop: nothing to save
+    except Stopped as exc:  # outside a training loop: nothing to save
+        print(f"pyro-vae: stopped by {exc.name}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
     return 0

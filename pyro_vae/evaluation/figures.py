@@ -405,7 +405,7 @@ def write_figures(
     random codes) come from a forked RNG seeded with 0, so figures do not move the run's RNG and
     ``pyro-vae plot`` redraws the same pictures.
     """
-    check_writable(folder)
+    check_writable(folder, root=folder.parent)  # figures/ must not be a link
     paths = [folder / f"{name}.png" for name in vae.figures]
     was_training = vae.training
     vae.eval()

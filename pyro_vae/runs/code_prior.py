@@ -34,8 +34,9 @@ from pyro_vae.evaluation.figures import plot_samples
 from pyro_vae.models.code_priors import check_code_prior_spec, make_code_prior
 from pyro_vae.models.vqvae import VQVAE
 from pyro_vae.plugins import absolute_file_spec, from_run_folder
-from pyro_vae.runs.files import check_writable, write_file, write_torch
+from pyro_vae.runs.files import check_writable, read_file, write_file, write_torch
 from pyro_vae.runs.fit import load_run, load_vae
+from pyro_vae.runs.folder import load_tensors
 
 __all__ = ["fit_code_prior", "load_code_prior", "prior_table", "code_grids"]
 
@@ -102,7 +103,7 @@ def fit_code_prior(
     prior.to(device)
     test_grids = code_grids(model, data.test.to(device))
     folder = Path(run_dir) / "priors" / name
-    check_writable(folder)  # before training, not after
+    check_writable(folder, root=run_dir)  # before training, not after; never through a link
     rows = _train(prior, model, data, test_grids, epochs, batch_size, lr, seed, quiet)
     write_file(folder / "metrics.csv", _csv(rows))
     state = {"spec": spec, "state": prior.state_dict(), "epochs": len(rows)}
@@ -184,9 +185,9 @@ def load_code_prior(run_dir: str | Path, name: str, prior: nn.Module | None = No
     """A prior fitted by :func:`fit_code_prior` (``priors/NAME/prior.pt``), rebuilt from its
     spec; a prior of your own (spec ``custom``) needs a fresh instance as ``prior``."""
     path = Path(run_dir) / "priors" / name / "prior.pt"
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"no fitted prior {name!r} in {run_dir} (fit it with pyro-vae fit-prior)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     model, _ = load_vae(str(run_dir))
     if prior is None:
         if state["spec"] == "custom":
@@ -205,7 +206,7 @@ def prior_table(run_dir: str | Path) -> str:
     included when fitted: it has nothing to learn, one pass scores it)."""
     rows = []
     for path in sorted((Path(run_dir) / "priors").glob("*/eval.json")):
-        r = json.loads(path.read_text())
+        r = json.loads(read_file(path, "eval.json"))
         rows.append((r["prior"], r["test_code_nll"], r["test_recon"], r["test_bound"]))
     lines = [
         "| prior | -log p(k) | log p(x given z_q) | bound on log p(x) |",

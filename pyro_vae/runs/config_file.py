@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from pyro_vae.errors import UserError
+from pyro_vae.runs.files import read_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,11 +38,11 @@ def read_config_file(path: str | Path) -> dict:
     from pyro_vae.runs.config import TrainConfig
 
     path = Path(path)
-    try:
-        text = path.read_text()
+    is_json = path.suffix == ".json"
+    try:  # a regular file of a settings file's size (a FIFO or a huge file: one line)
+        text = read_file(path, "config.json" if is_json else "recipe").decode()
     except OSError as exc:
         raise UserError(f"--config {path}: {exc.strerror.lower()}") from None
-    is_json = path.suffix == ".json"
     try:
         raw = json.loads(text) if is_json else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:

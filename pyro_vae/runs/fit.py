@@ -31,7 +31,13 @@ from torch import nn
 from pyro_vae import distributed
 from pyro_vae.data.images import ImageData, load_data
 from pyro_vae.devices import check_device, forked_rng
-from pyro_vae.errors import TrainingDiverged, TrainingInterrupted, UserError
+from pyro_vae.errors import (
+    Stopped,
+    TrainingDiverged,
+    TrainingInterrupted,
+    UserError,
+    stop_on_signals,
+)
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import write_figures
 from pyro_vae.evaluation.metrics import heldout_metrics, log_likelihood_mean_sem
@@ -203,10 +209,15 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
     :mod:`pyro_vae.runs.resume`). A checkpoint is written every ``config.checkpoint_every`` epochs
     and after the last; with a validation set, ``best.pt`` holds the epoch with the best
     validation ELBO, and ``config.early_stopping`` epochs without a better one end the run
-    (:mod:`pyro_vae.runs.early_stopping`). On Ctrl-C the last completed epoch is saved
-    (:class:`TrainingInterrupted`); a NaN or infinite loss stops the run and keeps the last
-    checkpoint untouched (:class:`TrainingDiverged`).
+    (:mod:`pyro_vae.runs.early_stopping`). On Ctrl-C, SIGTERM or SIGUSR1 the last completed
+    epoch is saved (:class:`TrainingInterrupted`); a NaN or infinite loss stops the run and
+    keeps the last checkpoint untouched (:class:`TrainingDiverged`).
     """
+    with stop_on_signals():  # SIGTERM and SIGUSR1 stop a run as Ctrl-C does
+        return _fit(config, prior)
+
+
+def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
     data, vae, trainer, data_rng = setup(config, prior)
     schedule = EpochSchedule(config.lr_schedule, trainer.optimizers(), config.epochs)
     best = BestEpoch()
@@ -217,6 +228,8 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
         path = config.out or default_run_dir(config.algo)
         run = Run(distributed.on_main(lambda: Run.create(path, config.overwrite).path))
     config.out = str(run.path)
+    if main:
+        run.refuse_links()  # before any work: a folder from elsewhere may point one outside
     lock = FolderLock(run.path).acquire() if main else None  # one writer per run folder
     saved = done = epoch = 0  # the last checkpointed epoch, the last started
     unsaved, board = None, None  # a completed epoch's state not yet saved; TensorBoard
@@ -267,14 +280,17 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
                 data.image_shape,
                 data.test_labels,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGUSR1 (Stopped)
         if unsaved is not None:
             if main:
                 run.save_checkpoint(unsaved)
             saved = unsaved["epoch"]
+        stopped = isinstance(exc, Stopped)
         raise TrainingInterrupted(
-            f"interrupted in epoch {epoch}; epoch {saved} is saved in {run.path}; "
-            f"continue with: pyro-vae train --resume {run.path}"
+            f"{f'stopped by {exc.name}' if stopped else 'interrupted'} in epoch {epoch}; "
+            f"epoch {saved} is saved in {run.path}; "
+            f"continue with: pyro-vae train --resume {run.path}",
+            exc.exit_code if stopped else 130,
         ) from None
     except TrainingDiverged as exc:
         kept = (

@@ -7,6 +7,10 @@ to a temporary file, fsynced and renamed into place; metrics rows are appended a
 a time, never as half a line. A damaged ``metrics.csv`` is reported with the line at fault, and
 repaired (damaged lines dropped) when a run resumes from its checkpoint.
 
+Every write stays inside the folder: ``pyro-vae train`` refuses a run file or folder it writes
+that is a symbolic link (:meth:`Run.refuse_links`), before any work; run files are read only
+when they are regular files of a plausible size (:func:`~pyro_vae.runs.files.read_file`).
+
 A run folder is data, not code. ``checkpoint.pt`` holds only tensors, numbers, strings, lists,
 tuples and dicts, and is read with ``torch.load(..., weights_only=True)``: a file that carries
 any other Python object (whose unpickling could run code) is refused with one line that names
@@ -16,6 +20,7 @@ allowed (no code runs either), and the next save writes version 2.
 """
 
 import csv
+import errno
 import io
 import json
 import math
@@ -27,9 +32,16 @@ from pathlib import Path
 import torch
 
 from pyro_vae.errors import UserError
-from pyro_vae.runs.files import WriteFailed, append_line, write_file, write_torch
+from pyro_vae.runs.files import (
+    WriteFailed,
+    append_line,
+    open_regular,
+    read_file,
+    write_file,
+    write_torch,
+)
 
-__all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir"]
+__all__ = ["Run", "CHECKPOINTS", "library_versions", "default_run_dir", "load_tensors"]
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: no numpy objects (weights_only); 1: numpy's RNG state as an array
@@ -91,6 +103,26 @@ class Run:
             raise WriteFailed(path, exc) from None  # one line: the folder and the cause
         return cls(path)
 
+    #: What ``pyro-vae train`` writes in a run folder: never through a symbolic link.
+    WRITTEN = (
+        "config.json",
+        "metrics.csv",
+        "checkpoint.pt",
+        "best.pt",
+        ".lock",
+        "figures",
+        "tensorboard",
+    )
+
+    def refuse_links(self) -> None:
+        """A :class:`~pyro_vae.runs.files.WriteFailed` naming the first of :attr:`WRITTEN` that
+        is a symbolic link: training writes a run's files inside its folder, never through a
+        link (a folder from elsewhere could point one at a file of the user's)."""
+        for name in self.WRITTEN:
+            path = self.path / name
+            if path.is_symlink():
+                raise WriteFailed(path, OSError(errno.ELOOP, "a link", str(path)))
+
     def clear(self) -> None:
         """Forget an overwritten run's metrics and best checkpoint (under the folder's lock)."""
         self.metrics_path.unlink(missing_ok=True)
@@ -101,7 +133,7 @@ class Run:
         write_file(self.config_path, json.dumps(record, indent=2) + "\n")
 
     def read_config(self) -> dict:
-        return json.loads(self.config_path.read_text())
+        return json.loads(read_file(self.config_path, "config.json"))
 
     def log(self, row: dict) -> None:
         """Append one row to ``metrics.csv`` (the header is written with the first row).
@@ -119,7 +151,7 @@ class Run:
     def read_metrics(self) -> list[dict[str, float]]:
         """The rows of ``metrics.csv`` as numbers (blank cells: NaN); a damaged line is a
         :class:`UserError` naming it."""
-        _, rows, damaged = self._metrics_lines()
+        _, rows, damaged = self._metrics_lines(self._metrics_text())
         if damaged:
             line, why = damaged[0]
             raise UserError(
@@ -128,10 +160,16 @@ class Run:
             )
         return [row for _, row in rows]
 
-    def _metrics_lines(self) -> tuple[list[str], list[tuple[list[str], dict]], list[tuple]]:
-        """The header, (cells, numbers) of each row that reads as numbers, and (line number,
-        what is wrong) for the other lines."""
-        text = self.metrics_path.read_text(errors="replace") if self.metrics_path.exists() else ""
+    def _metrics_text(self) -> str:
+        """``metrics.csv`` ("" when missing); a special or oversized file is a UserError."""
+        try:
+            return read_file(self.metrics_path, "metrics.csv").decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _metrics_lines(self, text: str) -> tuple[list[str], list[tuple[list[str], dict]], list]:
+        """The header, (cells, numbers) of each row of ``text`` that reads as numbers, and
+        (line number, what is wrong) for the other lines."""
         if not text:
             return [], [], []
         lines = list(csv.reader(io.StringIO(text)))
@@ -152,8 +190,9 @@ class Run:
     def repair_metrics(self, last_epoch: int) -> list[str]:
         """Keep the rows up to ``last_epoch`` (a resumed run's checkpoint), one per epoch in
         order, dropping later rows and damaged lines; returns what was dropped, in words."""
+        text = self._metrics_text()
         try:
-            header, rows, damaged = self._metrics_lines()
+            header, rows, damaged = self._metrics_lines(text)
         except UserError:  # the header itself is damaged: no row can be read against it
             write_file(self.metrics_path, "")
             return [f"its header was damaged, so the rows of epochs 1-{last_epoch} are lost"]
@@ -187,23 +226,31 @@ class Run:
         missing, corrupt, foreign or unsafe file is a :class:`UserError`, and nothing in it runs
         (module docstring)."""
         path = self.path / CHECKPOINTS[which]
-        if which == "best" and not path.is_file() and self.checkpoint_path.is_file():
+        if which == "best" and not path.exists() and self.checkpoint_path.exists():
             raise UserError(
                 f"{self.path} has no best checkpoint: best.pt is kept by runs trained with "
                 "--val-size N (the best validation ELBO); use --checkpoint last"
             )
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"no checkpoint at {path}")
+        state = load_tensors(path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a pyro-vae checkpoint")
+        return state
+
+
+def load_tensors(path: Path) -> object:
+    """``torch.load`` of a regular file with ``weights_only=True`` (tensors and plain data; the
+    numpy arrays of version-1 checkpoints): a file that is not a regular file, carries other
+    Python objects, or is damaged is a :class:`UserError`, and nothing of it runs."""
+    with open_regular(path) as f:
         try:
             with torch.serialization.safe_globals(_NUMPY_ARRAYS):
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise UserError(_refusal(path, exc)) from None
         except Exception as exc:  # torch raises many types for truncated or foreign files
             raise UserError(_damaged(path, exc)) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a pyro-vae checkpoint")
-        return state
 
 
 def _numpy_arrays() -> list:
