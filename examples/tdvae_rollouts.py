@@ -69,7 +69,8 @@ def main() -> None:
         test = data.test[: args.limit]
         result = rollout_metrics(model, test, samples=args.samples, frame_model=vae)
         write_file(Path(args.run_dir) / "rollouts.json", json.dumps(result, indent=2) + "\n")
-        print("| horizon | TD-VAE rollout | repeat last frame | frame VAE |")
+        print("cross-entropy of each predicted frame against the true one, nats per frame:")
+        print("| horizon (frames ahead) | TD-VAE rollout | repeat last frame | frame VAE |")
         print("|---:|---:|---:|---:|")
         for h, row in enumerate(
             zip(
@@ -81,7 +82,7 @@ def main() -> None:
         ):
             print(f"| {h + 1} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
         jumps = ", ".join(f"{v:.1f}" for v in result["jumpy_bce"])
-        print(f"jumpy rollout (one transition per {result['jump']} frames): {jumps}")
+        print(f"jumpy rollout (one transition per {result['jump']} frames): {jumps} nats/frame")
         print(f"rollouts moving the true direction: {result['direction_accuracy']:.1%}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

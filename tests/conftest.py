@@ -15,6 +15,10 @@ import torch
 # Tiny networks: one thread is as fast as two and keeps parallel jobs from oversubscribing.
 torch.set_num_threads(1)
 
+#: The limit on a subprocess or a wait in a test: a guard against a hang only, an hour, far
+#: above what any machine takes, so that a slow or busy machine never fails a test.
+HANG_GUARD_S = 3600
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_clean():

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def test_training_benchmark_runs_in_its_quickest_mode():
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
@@ -37,7 +38,7 @@ def test_step_benchmark_runs_in_its_quickest_mode():
     script = ROOT / "benchmarks" / "bench_step.py"
     command = [sys.executable, str(script), "--rounds", "1", "--steps", "1", "--threads", "1"]
     command += ["--particles", "2"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     rows = ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide")
     for row in rows + ("| pyro-vae, 2 particles, vectorized |", "2 particles, one trace each"):
@@ -62,7 +63,7 @@ def test_evaluation_benchmark_runs_in_its_quickest_mode():
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr  # it exits 1 if the two ways' numbers differ
@@ -74,7 +75,7 @@ def test_evaluation_benchmark_runs_in_its_quickest_mode():
 def test_models_benchmark_runs_in_its_quickest_mode():
     script = ROOT / "benchmarks" / "bench_models.py"
     command = [sys.executable, str(script), "--rounds", "1", "--steps", "1", "--threads", "1"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "| VQ-VAE stage 2, transformer prior step |" in proc.stdout and "TD-VAE" in proc.stdout
 
@@ -83,6 +84,6 @@ def test_durability_benchmark_runs_in_its_quickest_mode(tmp_path):
     script = ROOT / "benchmarks" / "bench_durability.py"
     command = [sys.executable, str(script), "--rounds", "2", "--images", "256", "--threads", "1"]
     command += ["--dir", str(tmp_path)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "| the fsyncs |" in proc.stdout and "% of the epoch" in proc.stdout

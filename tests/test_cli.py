@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HANG_GUARD_S
 
 from pyro_vae.cli.main import main
 
@@ -138,7 +139,7 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("pyro-vae: error:") and "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_GUARD_S
 
 from pyro_vae import distributed
 from pyro_vae.runs.folder import Run
@@ -21,7 +22,7 @@ from pyro_vae.runs.folder import Run
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
 FLAGS = ["--z-dim", "4", "--hidden-dims", "32", "--eval-every", "0", "--quiet"]
-TIMEOUT = 120
+TIMEOUT = HANG_GUARD_S
 
 
 def env() -> dict:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 DOCS = sorted((Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
 BLOCKS = [
@@ -37,7 +38,7 @@ def test_documentation_site_builds_with_warnings_as_errors(tmp_path):
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -104,7 +105,7 @@ def test_gallery_regenerates_an_entry(real_data_dir, tmp_path):
     script = Path(__file__).resolve().parents[1] / "docs" / "make_gallery.py"
     command = [sys.executable, str(script), "--quick", "--only", "svi-default"]
     command += ["--docs", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs")]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir())
     assert made == sorted(_gallery().GALLERY[0].figures.values())

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def site(tmp_path_factory) -> Path:
         pytest.skip("mkdocs is not installed (pip install -e '.[test]')")
     folder = tmp_path_factory.mktemp("site")
     command = ["mkdocs", "build", "--strict", "--site-dir", str(folder)]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
 

@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_example(script: str, *args: str, env_data_dir: Path | None = None, timeout: int = 600):
+def run_example(
+    script: str, *args: str, env_data_dir: Path | None = None, timeout: int = HANG_GUARD_S
+):
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import HANG_GUARD_S
 
 from pyro_vae import memory
 from pyro_vae.memory import keep_freed_memory
@@ -32,7 +33,7 @@ FAULTS = textwrap.dedent(
 
 def _faults(mode: str) -> int:
     command = [sys.executable, "-c", FAULTS, mode]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.split()[-1])
 

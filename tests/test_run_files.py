@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 from test_cli import run_main
 from test_schedules import small_config
 
@@ -162,7 +163,9 @@ def _train(*argv: str, data_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_rows(run: Run, n: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for_rows(
+    run: Run, n: int, process: subprocess.Popen, timeout: float = HANG_GUARD_S
+) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end and process.poll() is None:
         if run.metrics_path.exists() and len(run.metrics_path.read_text().splitlines()) > n:
@@ -179,14 +182,14 @@ def test_two_writers_one_is_refused_and_a_killed_writer_frees_the_lock(fake_data
     run = Run(out)
     _wait_for_rows(run, 2, first)
     second = _train("--resume", str(out), "--epochs", "400", data_dir=fake_data_dir)
-    _, err = second.communicate(timeout=120)
+    _, err = second.communicate(timeout=HANG_GUARD_S)
     assert second.returncode == 2 and f"pid {first.pid}" in err.decode(), err
     _wait_for_rows(run, 4, first)
     first.send_signal(signal.SIGKILL)  # the kernel releases the lock with the process
     first.wait()
     epochs = [int(r["epoch"]) for r in run.read_metrics()]
     third = _train("--resume", str(out), "--epochs", str(epochs[-1] + 2), data_dir=fake_data_dir)
-    _, err = third.communicate(timeout=120)
+    _, err = third.communicate(timeout=HANG_GUARD_S)
     assert third.returncode == 0, err
     rows = [int(r["epoch"]) for r in run.read_metrics()]
     assert rows == list(range(1, epochs[-1] + 3))  # one row per epoch, in order

@@ -106,7 +106,7 @@ def test_pyro_vae_train_sent_a_signal_saves_says_how_to_resume_and_resumes(
     assert proc.returncode == code, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     name = signal.Signals(signum).name
-    assert err.startswith(f"pyro-vae: error: stopped by {name} in epoch ")
+    assert err.startswith(f"pyro-vae: stopped by {name} in epoch ")  # not an error
     assert err.endswith(f"continue with: pyro-vae train --resume {out}\n")
     # Rows are logged just before an epoch's state is kept: after three rows, epoch 2 at least
     # was completed, and only the signal can have saved it (no interval checkpoint was due).

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from conftest import HANG_GUARD_S
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import EMTrainer, SVITrainer, TrainConfig, fit, make_objective
@@ -181,7 +182,7 @@ def test_td_vae_trains_resumes_exactly_evaluates_and_plots(fake_data_dir, tmp_pa
     command = [sys.executable, str(example), str(resumed.path), "--vae-epochs", "1"]
     command += ["--vae-sequences", "20", "--limit", "10", "--samples", "2"]
     env = dict(os.environ, PYTHONPATH=str(example.parents[1]))  # this checkout's pyro_vae
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| 4 |" in done.stdout and "true direction" in done.stdout
     saved = json.loads((resumed.path / "rollouts.json").read_text())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_vae import KLWarmup, SVITrainer, TrainConfig, evaluate_elbo, fit, load_vae, setup
+from pyro_vae.infer import svi as svi_module
 from pyro_vae.infer.svi import adam, epoch_loop
 from pyro_vae.runs.folder import Run
 
@@ -83,6 +84,20 @@ def test_epoch_loop_validates_the_first_step_only_and_restores_the_setting():
             epoch_loop(step, x, batch_size=3)
             assert pyro.infer.is_validation_enabled() is setting
         assert seen == [setting, False, False, False]
+
+
+@pytest.mark.parametrize("seconds, reads", [(0.0, 16), (3600.0, 1)])
+def test_the_progress_bar_reads_the_loss_as_time_passes_not_every_20_steps(
+    monkeypatch, seconds, reads
+):
+    """An epoch of 16 batches: with no time limit between reads every step updates the bar
+    (so its last value is the epoch's mean, not the first batch's); with a long one, only the
+    first step reads the device."""
+    monkeypatch.setattr(svi_module, "PROGRESS_SECONDS", seconds)
+    calls = []
+    x = torch.arange(16.0)[:, None]
+    epoch_loop(lambda xb: xb.sum(), x, 1, progress=True, status=lambda: calls.append(1) or {})
+    assert len(calls) == reads
 
 
 def test_adam_is_fused_on_cpu_and_takes_adams_step():

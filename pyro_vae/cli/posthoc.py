@@ -158,7 +158,8 @@ def eval_table(result: dict) -> str:
     lines += [(name, fmt.format(**values)) for key, name, fmt in rows if key in result]
     lines += [(f"{key} n/a", why) for key, why in result.get("not_applicable", {}).items()]
     lines.append(("seconds", f"{result['seconds']:.0f}"))
-    return "\n".join(f"{name:<16} {value}" for name, value in lines)
+    width = max(len(name) for name, _ in lines)  # the n/a names are the longest
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
 
 
 def plot_run(

@@ -7,6 +7,8 @@ in the hot loop.
 Where the files come from, in order: ``--data-dir``, the ``PYRO_VAE_DATA_DIR`` environment
 variable, else a cache folder (``$XDG_CACHE_HOME/pyro-vae`` or ``~/.cache/pyro-vae``) into which
 torchvision downloads the data on first use. A folder named explicitly is never downloaded into.
+A command on a finished run (``--resume``, evaluate, plot, fit-prior) reads the folder the run
+recorded where it exists here, else goes on down that list (:func:`recorded_data_dir`).
 
 Binarization (``--binarize``):
 
@@ -37,6 +39,7 @@ __all__ = [
     "BINARIZATIONS",
     "ImageData",
     "resolve_data_root",
+    "recorded_data_dir",
     "load_images",
     "load_data",
     "minibatches",
@@ -63,6 +66,16 @@ def resolve_data_root(data_dir: str | None = None) -> tuple[Path, bool]:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser(), False
     return default_cache_dir(), True
+
+
+def recorded_data_dir(recorded: str | None) -> str | None:
+    """The data folder a run recorded, where it exists on this machine; else None, so that
+    ``PYRO_VAE_DATA_DIR`` or the download cache applies. A run folder from another machine (or
+    a data folder since moved) names a folder that is not here; a ``--data-dir`` given to the
+    command overrides both."""
+    if recorded and Path(recorded).expanduser().is_dir():
+        return recorded
+    return None
 
 
 def _torchvision_class(name: str):

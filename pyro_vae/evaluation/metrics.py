@@ -103,10 +103,11 @@ def log_likelihood(
     was_training = vae.training
     vae.eval()
     out = []
-    bar = tqdm(
-        total=x.shape[0],
-        desc=f"L_{num_samples}",
-        unit="image",
+    bar = tqdm(  # counts importance samples, so a large K shows its rate and time left at once
+        total=x.shape[0] * num_samples,
+        desc=f"L_{num_samples} over {x.shape[0]} images",
+        unit=" samples",
+        unit_scale=True,
         disable=not progress,
         leave=False,
     )
@@ -118,8 +119,8 @@ def log_likelihood(
                 k = min(sample_chunk, num_samples - done)
                 log_w = log_densities(vae.model, vae.guide, xb, k).log_weights()
                 total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+                bar.update(xb.shape[0] * k)
             out.append(total - math.log(num_samples))
-            bar.update(xb.shape[0])
     vae.train(was_training)
     return torch.cat(out)
 

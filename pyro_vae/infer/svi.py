@@ -15,6 +15,8 @@ minibatch: each rank computes the loss of its shard of it and the gradients are 
 ranks, so every rank takes the step one process would take on the whole minibatch.
 """
 
+import math
+import time
 from collections.abc import Callable
 
 import pyro
@@ -110,6 +112,10 @@ def gradient_step(
     return loss.detach()
 
 
+#: How often the progress bar reads the running loss back from the device (seconds).
+PROGRESS_SECONDS = 0.5
+
+
 def epoch_loop(
     step: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -121,7 +127,8 @@ def epoch_loop(
 ) -> float:
     """Call ``step`` on each shuffled minibatch of ``x``; returns the summed losses it returned
     divided by N, the mean loss per data point. The tqdm bar shows the running mean (and
-    ``status()``), reading the loss from the device only every 20 steps.
+    ``status()``), read from the device at most every ``PROGRESS_SECONDS`` (at the first step,
+    then as time passes, whatever the number of steps).
 
     Under torch.distributed every rank runs this loop on the same ``x`` and ``generator``, so
     all see the same minibatches; a last one with fewer data points than ranks is skipped (a
@@ -133,7 +140,7 @@ def epoch_loop(
     shapes again at about a tenth of a step's time (docs/benchmarks.md); a non-finite loss is still
     caught by :func:`gradient_step`."""
     validate = pyro.infer.is_validation_enabled()
-    total, seen = torch.zeros((), device=x.device), 0
+    total, seen, shown = torch.zeros((), device=x.device), 0, -math.inf
     batches = tqdm(
         minibatches(x, batch_size, generator),
         total=-(-x.shape[0] // batch_size),
@@ -148,7 +155,8 @@ def epoch_loop(
         with pyro.validation_enabled(validate and i == 0):
             total += step(xb)
         seen += xb.shape[0]
-        if progress and i % 20 == 0:
+        if progress and time.monotonic() - shown >= PROGRESS_SECONDS:
+            shown = time.monotonic()
             batches.set_postfix(loss=f"{total.item() / seen:.2f}", **(status() if status else {}))
     return total.item() / seen
 

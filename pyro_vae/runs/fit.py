@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed
-from pyro_vae.data.images import ImageData, load_data
+from pyro_vae.data.images import ImageData, load_data, recorded_data_dir
 from pyro_vae.devices import check_device, forked_rng
 from pyro_vae.errors import (
     Stopped,
@@ -84,6 +84,8 @@ def setup(
     implied_val = config.algo == "em" and config.e_rule == "aggressive" and config.val_size == 0
     config.validate()
     distributed.init_from_env(config.device)  # joins torchrun's process group, if launched
+    if not config.resume:  # a taken --out is refused before the data load, not minutes after
+        config.out = distributed.on_main(lambda: _new_run_dir(config))
     if implied_val and not config.quiet and distributed.is_main():
         print(
             f"--e-rule aggressive: holding out {config.val_size} training images for validation "
@@ -101,6 +103,13 @@ def setup(
     if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
         torch.manual_seed(config.seed + distributed.rank())
     return data, vae, make_trainer(config, vae, data), data_rng
+
+
+def _new_run_dir(config: TrainConfig) -> str:
+    """The folder a new run will write (``--out``, else a dated one), checked to be free."""
+    path = config.out or default_run_dir(config.algo)
+    Run.check_free(path, config.overwrite)
+    return str(path)
 
 
 def run_data(config: TrainConfig, data_dir: str | None = None) -> ImageData:
@@ -286,10 +295,15 @@ def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
                 run.save_checkpoint(unsaved)
             saved = unsaved["epoch"]
         stopped = isinstance(exc, Stopped)
+        then = (
+            f"epoch {saved} is saved in {run.path}; continue with: pyro-vae train --resume "
+            f"{run.path}"
+            if saved > 0
+            else f"no epoch had completed, so nothing is saved; start again with: pyro-vae "
+            f"train --config {run.config_path} --out {run.path} --overwrite"
+        )
         raise TrainingInterrupted(
-            f"{f'stopped by {exc.name}' if stopped else 'interrupted'} in epoch {epoch}; "
-            f"epoch {saved} is saved in {run.path}; "
-            f"continue with: pyro-vae train --resume {run.path}",
+            f"{f'stopped by {exc.name}' if stopped else 'interrupted'} in epoch {epoch}; {then}",
             exc.exit_code if stopped else 130,
         ) from None
     except TrainingDiverged as exc:
@@ -555,6 +569,7 @@ def load_run(
     check_device(device)
     state = run.load_checkpoint(checkpoint)
     vae, config = load_vae(str(run_dir), device=device, state=state)
+    config.data_dir = recorded_data_dir(config.data_dir)
     data = run_data(config, data_dir)
     try:
         vae.codes(data.test[:1].to(device))

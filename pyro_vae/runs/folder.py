@@ -87,16 +87,24 @@ class Run:
     figures_dir = property(lambda self: self.path / "figures")
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
-    @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> "Run":
-        """Make a new run folder; an existing non-empty one is refused unless ``overwrite``."""
+    @staticmethod
+    def check_free(path: str | Path, overwrite: bool = False) -> None:
+        """Refuse ``path`` as a new run folder if it is a file, or a folder holding files (unless
+        ``overwrite``): checked before a run loads its data, and again when it makes the folder."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} exists and is not a folder")
         if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()) and not overwrite:
             raise UserError(
-                f"--out {path} already holds files; choose another folder or pass --overwrite"
+                f"--out {path} already holds files; choose another folder, pass --overwrite to "
+                f"replace them, or continue the run with --resume {path}"
             )
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> "Run":
+        """Make a new run folder; an existing non-empty one is refused unless ``overwrite``."""
+        path = Path(path)
+        cls.check_free(path, overwrite)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pyro_vae import distributed
+from pyro_vae.data.images import recorded_data_dir
 from pyro_vae.errors import UserError
 from pyro_vae.plugins import absolute_file_spec
 from pyro_vae.runs.config import TrainConfig
@@ -46,8 +47,8 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
     A given flag that differs from the saved setting is a :class:`UserError`.
     """
     run = Run(requested.resume)
-    if not run.config_path.is_file() and not run.checkpoint_path.is_file():
-        raise UserError(f"--resume {run.path}: not a run folder (no config.json)")
+    if not run.checkpoint_path.is_file():
+        _refuse_without_checkpoint(run)
     saved = _saved_config(run)
     for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
         new, old = getattr(requested, name), getattr(saved, name)
@@ -61,12 +62,33 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
             )
     if "out" in given and Path(requested.out).resolve() != run.path.resolve():
         raise UserError("--out and --resume name different folders; --resume continues in place")
+    saved.data_dir = recorded_data_dir(saved.data_dir)  # a run from another machine
     for name in ADJUSTABLE:
         if name in given:
             setattr(saved, name, getattr(requested, name))
     saved.resume = saved.out = str(run.path)
     saved.overwrite = False
     return saved
+
+
+def _refuse_without_checkpoint(run: Run) -> None:
+    """A folder with nothing to continue from: no run at all, or a run stopped (killed, a
+    machine lost) before its first checkpoint, whose settings alone can start it again."""
+    if not run.path.is_dir():
+        raise UserError(f"--resume {run.path}: no such folder")
+    if run.config_path.is_file():
+        raise UserError(
+            f"--resume {run.path}: no checkpoint to continue from (the run stopped before it "
+            f"saved one, or checkpoint.pt was removed); start it again with: pyro-vae train "
+            f"--config {run.config_path} --out {run.path} --overwrite"
+        )
+    if any(run.path.iterdir()):
+        raise UserError(
+            f"--resume {run.path}: no config.json or checkpoint.pt (a run stopped before it "
+            f"saved its settings, or not a run folder); start a new run with --out {run.path} "
+            "--overwrite"
+        )
+    raise UserError(f"--resume {run.path}: not a run folder (no config.json)")
 
 
 def _saved_config(run: Run) -> TrainConfig:
