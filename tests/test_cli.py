@@ -144,3 +144,34 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("pyro-vae: error:") and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_every_flag_of_every_command_has_help_that_shows_its_default():
+    """``--help`` explains every flag and says what it is when not given."""
+    import argparse
+
+    from pyro_vae.cli.main import (
+        OneLineParser,
+        add_compare_arguments,
+        add_fit_prior_command,
+        add_posthoc_commands,
+        add_train_arguments,
+    )
+
+    parser = OneLineParser(prog="pyro-vae")
+    commands = parser.add_subparsers(dest="command")
+    add_train_arguments(commands.add_parser("train"))
+    add_compare_arguments(commands.add_parser("compare", conflict_handler="resolve"))
+    add_posthoc_commands(commands)
+    add_fit_prior_command(commands)
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0]
+            assert action.help, f"{name} {flag} has no help"
+            if action.default is not None and action.default is not False:
+                assert "default" in command._get_formatter()._get_help_string(action), flag
+        assert "(default: 128)" in text or name in ("evaluate", "plot")  # --batch-size
+    assert "(default: 5000)" in " ".join(commands.choices["evaluate"].format_help().split())

@@ -44,8 +44,27 @@ __all__ = [
 ]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` that ends every flag's text with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings or default is None or default is False:
+            return text
+        if default is argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            return text
+        while isinstance(default, (list, tuple)) and len(default) == 1:  # compare's [["vae"]]
+            default = default[0]
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error prints a single line (not the usage block) and exits 2.
+    """argparse, but a usage error prints a single line (not the usage block) and exits 2, and
+    ``--help`` shows every default.
 
     Flags must be spelled out (no abbreviations), so that ``--resume`` can tell exactly which
     flags a user gave.
@@ -53,6 +72,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -104,7 +124,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "on the command line override them",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    data.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="moving-mnist: sequences of moving digits, for --model tdvae",
+    )
     data.add_argument(
         "--data-dir",
         default=None,
@@ -130,8 +155,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="frames per sequence of a sequence data set (moving-mnist)",
     )
-    data.add_argument("--limit-train", type=positive_int, default=None, metavar="N")
-    data.add_argument("--limit-test", type=positive_int, default=None, metavar="N")
+    data.add_argument(
+        "--limit-train",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on N images (a subsample fixed by --seed; default: all), for quick runs",
+    )
+    data.add_argument(
+        "--limit-test",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate on N test images (a subsample fixed by --seed; default: all)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -142,7 +179,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist); "
         "or a LatentModel of your own: module:Class or path/to/file.py:Class",
     )
-    model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
+    model.add_argument(
+        "--z-dim", type=positive_int, default=d.z_dim, help="size of the latent code z"
+    )
     model.add_argument(
         "--hidden-dims",
         type=positive_int,
@@ -185,7 +224,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             type=spec_type(lambda spec, kind=kind: check_network_spec(spec, kind)),
             default=None,
             metavar="SPEC",
-            help=f"a {kind} of your own instead of --arch's: module:Class or "
+            help=f"your own {kind} instead of --arch's: module:Class or "
             "path/to/file.py:Class, optionally with (key=value, ...)",
         )
     model.add_argument(
@@ -218,8 +257,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on time pairs t1 < t2 at most J frames apart",
     )
     vq = parser.add_argument_group("VQ-VAE (--model vqvae; see docs/vqvae.md)")
-    vq.add_argument("--codebook-size", type=int, default=d.codebook_size, metavar="K")
-    vq.add_argument("--code-dim", type=int, default=d.code_dim, metavar="D")
+    vq.add_argument(
+        "--codebook-size", type=int, default=d.codebook_size, metavar="K", help="codes K"
+    )
+    vq.add_argument(
+        "--code-dim", type=int, default=d.code_dim, metavar="D", help="size of each code vector"
+    )
     vq.add_argument(
         "--commitment",
         type=non_negative_float,
@@ -246,7 +289,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.elbo,
         help="trace: Trace_ELBO; meanfield: analytic KL; iwae: importance weighted",
     )
-    train.add_argument("--num-particles", type=positive_int, default=d.num_particles)
+    train.add_argument(
+        "--num-particles",
+        type=positive_int,
+        default=d.num_particles,
+        help="samples of z per data point in the objective (iwae: its K)",
+    )
     train.add_argument("--beta", type=positive_float, default=d.beta, help="KL weight")
     train.add_argument(
         "--kl-warmup",
@@ -255,9 +303,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EPOCHS",
         help="ramp the KL weight linearly up to beta",
     )
-    train.add_argument("--epochs", type=positive_int, default=d.epochs)
-    train.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    train.add_argument("--lr", type=positive_float, default=d.lr)
+    train.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, help="passes over the training set"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="data points per gradient step (per process under torchrun)",
+    )
+    train.add_argument("--lr", type=positive_float, default=d.lr, help="Adam's learning rate")
     train.add_argument(
         "--lr-schedule",
         choices=SCHEDULES,
@@ -273,8 +328,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after PATIENCE epochs without a better validation ELBO (needs --val-size; "
         "best.pt keeps the best epoch whenever there is a validation set)",
     )
-    train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--device", choices=DEVICES, default=d.device)
+    train.add_argument(
+        "--seed", type=int, default=d.seed, help="seeds data order, binarization and draws"
+    )
+    train.add_argument("--device", choices=DEVICES, default=d.device, help="cuda: train on the GPU")
     train.add_argument(
         "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
     )
@@ -292,7 +349,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="when an E-step stops: fixed K steps, converge (He et al. 2019), "
         "aggressive (converge until validation MI stops improving, then SVI)",
     )
-    em.add_argument("--e-steps", type=positive_int, default=d.e_steps, metavar="K")
+    em.add_argument(
+        "--e-steps",
+        type=positive_int,
+        default=d.e_steps,
+        metavar="K",
+        help="fixed: encoder steps per decoder step",
+    )
     em.add_argument(
         "--e-check", type=positive_int, default=d.e_check, help="converge: window of steps"
     )
@@ -311,14 +374,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     mc.add_argument(
         "--mc-leapfrog", type=positive_int, default=d.mc_leapfrog, help="HMC leapfrog steps"
     )
-    mc.add_argument("--mc-target-accept", type=positive_float, default=d.mc_target_accept)
+    mc.add_argument(
+        "--mc-target-accept",
+        type=positive_float,
+        default=d.mc_target_accept,
+        help="acceptance rate the step size is adapted to",
+    )
     mc.add_argument(
         "--mc-eval-warmup",
         type=non_negative_int,
         default=d.mc_eval_warmup,
         help="evaluation chains' warm-up (they fit the proposal of the IWAE estimate)",
     )
-    mc.add_argument("--mc-eval-samples", type=positive_int, default=d.mc_eval_samples)
+    mc.add_argument(
+        "--mc-eval-samples",
+        type=positive_int,
+        default=d.mc_eval_samples,
+        help="evaluation chains' samples",
+    )
     ev = parser.add_argument_group("held-out metrics during training (see docs/evaluation.md)")
     ev.add_argument(
         "--eval-every",
@@ -327,14 +400,30 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EPOCHS",
         help="log test IWAE, active units and MI every EPOCHS epochs and at the end (0: never)",
     )
-    ev.add_argument("--eval-iw-samples", type=positive_int, default=d.eval_iw_samples, metavar="K")
-    ev.add_argument("--eval-limit", type=positive_int, default=d.eval_limit, metavar="N")
+    ev.add_argument(
+        "--eval-iw-samples",
+        type=positive_int,
+        default=d.eval_iw_samples,
+        metavar="K",
+        help="importance samples of the test IWAE logged during training",
+    )
+    ev.add_argument(
+        "--eval-limit",
+        type=positive_int,
+        default=d.eval_limit,
+        metavar="N",
+        help="test images those metrics are estimated on",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run folder (default: runs/<date>-<time>-<algo>)")
     out.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
     out.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     out.add_argument(
-        "--checkpoint-every", type=positive_int, default=d.checkpoint_every, metavar="EPOCHS"
+        "--checkpoint-every",
+        type=positive_int,
+        default=d.checkpoint_every,
+        metavar="EPOCHS",
+        help="save checkpoint.pt every EPOCHS epochs (and after the last, and on Ctrl-C)",
     )
     out.add_argument(
         "--tensorboard",
@@ -620,10 +709,14 @@ def add_fit_prior_command(commands) -> None:
         metavar="SPEC",
         help=f"one or more of: {CODE_PRIOR_HELP}",
     )
-    fit_prior.add_argument("--epochs", type=positive_int, default=20)
-    fit_prior.add_argument("--batch-size", type=positive_int, default=128)
-    fit_prior.add_argument("--lr", type=positive_float, default=1e-3)
-    fit_prior.add_argument("--seed", type=int, default=0)
+    fit_prior.add_argument(
+        "--epochs", type=positive_int, default=20, help="passes over the training codes"
+    )
+    fit_prior.add_argument(
+        "--batch-size", type=positive_int, default=128, help="code grids per gradient step"
+    )
+    fit_prior.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
+    fit_prior.add_argument("--seed", type=int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
     fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
