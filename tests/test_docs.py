@@ -133,3 +133,18 @@ def test_an_operator_name_is_set_apart_from_what_it_applies_to(latex, spaced):
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     assert (hook.THIN_SPACE in hook._mathml(latex, "inline", page=None)) == spaced
+
+
+def test_display_formulas_set_the_limits_of_min_and_max_under_them_as_tex_does():
+    """``$$\\min_{f,g} ...$$``: the limits under min (as under a sum); inline, beside it."""
+    pytest.importorskip("latex2mathml")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "_hooks" / "mathml.py"
+    spec = importlib.util.spec_from_file_location("mathml_hook", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    block = hook._mathml(r"\min_{f_{a}, g} \max_\theta x_{n}", "block", page=None)
+    assert block.count("<munder><mo") == 2 and "<msub><mo" not in block
+    assert block.count("<msub>") == block.count("</msub>") == 2  # f_a and x_n stay subscripts
+    assert "<msub><mo" in hook._mathml(r"\min_{f, g} x", "inline", page=None)

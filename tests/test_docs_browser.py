@@ -124,3 +124,20 @@ def test_every_page_loads_offline_without_errors_or_raw_math(site, served, brows
         assert not roles, (page_file.name, roles[:5])  # docstrings' Sphinx roles, as text
         assert seen["laid_out"] == seen["math"], page_file.name
         assert not seen["unknown_commands"], (page_file.name, seen["unknown_commands"])
+
+
+def test_display_formulas_are_in_display_style_with_no_vertical_scrollbar(served, browser):
+    """Every display formula of the theory page: TeX's display style (limits under sums and
+    min, as in the lectures), and no block taller inside than out (a vertical scrollbar)."""
+    page = browser.new_page()
+    page.goto(served + "theory.html")
+    page.wait_for_load_state("networkidle")
+    blocks = page.evaluate(
+        "Array.from(document.querySelectorAll('.math-block')).map(b => ({"
+        "style: getComputedStyle(b.querySelector('math')).mathStyle,"
+        "overflow: b.scrollHeight - b.clientHeight}))"
+    )
+    page.close()
+    assert len(blocks) >= 10
+    assert {b["style"] for b in blocks} == {"normal"}
+    assert max(b["overflow"] for b in blocks) <= 0, blocks
