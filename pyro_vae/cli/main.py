@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.errors import UserError
 from pyro_vae.infer.em import E_RULES
@@ -91,6 +92,16 @@ def spec_type(parse: Callable[[str], object]):
     return check
 
 
+def dataset_name(text: str) -> str:
+    """A built-in data set's name or a data file's path (``--dataset``)."""
+    if text in DATASETS or is_data_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, or give a .npy, .npz or "
+        ".pt file)"
+    )
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a training run; defaults come from :class:`TrainConfig`, then from
     ``--config FILE``, then from the flags given."""
@@ -103,7 +114,29 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "on the command line override them",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    data.add_argument(
+        "--dataset",
+        type=dataset_name,
+        default=d.dataset,
+        metavar="NAME|FILE",
+        help=f"{' | '.join(DATASETS)}, or your own data: path.npy|.npz|.pt holding an (N, ...) "
+        "float array ('train' and 'test' arrays in a .npz/.pt), used as it is unless "
+        "--binarize is given (docs/own-model.md)",
+    )
+    data.add_argument(
+        "--test-dataset",
+        default=None,
+        metavar="FILE",
+        help="the test set of --dataset FILE (default: the file's 'test', else a tenth of it)",
+    )
+    data.add_argument(
+        "--image-shape",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="H W: the points of --dataset FILE are images (found alone for (N, H, W) data)",
+    )
     data.add_argument(
         "--data-dir",
         default=None,
@@ -139,7 +172,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior); "
         "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist); "
-        "or a LatentModel of your own: module:Class or path/to/file.py:Class",
+        "or a model of your own, module:Class or path/to/file.py:Class: a LatentModel, or any "
+        "nn.Module with model(x) and guide(x) methods ('file.py:VAE(z_dim=10)'; it reads none "
+        "of the model flags below; docs/own-model.md)",
     )
     model.add_argument("--z-dim", type=positive_int, default=d.z_dim)
     model.add_argument(
@@ -365,6 +400,10 @@ def config_from_args(
     apply_config_file(args, given)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
+    if fields.get("image_shape") is not None:
+        fields["image_shape"] = tuple(fields["image_shape"])
+    if is_data_file(fields["dataset"]) and "binarize" not in given and args.config is None:
+        fields["binarize"] = "none"  # your own data are used as they are
     fields.setdefault("algo", algo)
     config = TrainConfig(**fields)
     if config.resume is None:

@@ -60,6 +60,7 @@ __all__ = [
     "plot_codebook_usage",
     "plot_rollouts",
     "FIGURES",
+    "IMAGE_FIGURES",
     "write_figures",
 ]
 
@@ -373,6 +374,17 @@ def plot_rollouts(
     _save_grid(grid, title, path)
 
 
+#: Figures that draw data points as images: drawn only for data that are images.
+IMAGE_FIGURES = (
+    "reconstructions",
+    "samples",
+    "random_codes",
+    "manifold",
+    "interpolation",
+    "denoising",
+    "rollouts",
+)
+
 #: figure name (as models list them in ``model.figures``) -> fn(model, test, labels, path, shape)
 FIGURES: dict[str, Callable] = {
     "reconstructions": lambda m, x, y, path, shape: plot_reconstructions(m, x, path, shape),
@@ -393,11 +405,12 @@ def write_figures(
     test: torch.Tensor,
     metrics: list[dict[str, float]],
     folder: Path,
-    image_shape: Sequence[int] = (28, 28),
+    image_shape: Sequence[int] | None = (28, 28),
     labels: torch.Tensor | None = None,
 ) -> list[Path]:
     """Write every figure the model lists (``vae.figures``) into ``folder``, and the training
-    curves; returns the paths written.
+    curves; returns the paths written. Data that are not images (``image_shape`` None) get
+    only the figures that do not draw them (:data:`IMAGE_FIGURES`).
 
     ``labels`` (classes of the test images) colour the latent scatter and pick interpolation
     pairs of different classes; without them the scatter is one colour. Random draws (samples,
@@ -405,12 +418,13 @@ def write_figures(
     ``pyro-vae plot`` redraws the same pictures.
     """
     check_writable(folder)
-    paths = [folder / f"{name}.png" for name in vae.figures]
+    names = [n for n in vae.figures if image_shape is not None or n not in IMAGE_FIGURES]
+    paths = [folder / f"{name}.png" for name in names]
     was_training = vae.training
     vae.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        for name, path in zip(vae.figures, paths, strict=True):
+        for name, path in zip(names, paths, strict=True):
             FIGURES[name](vae, test, labels, path, image_shape)
     vae.train(was_training)
     if metrics:
