@@ -4,6 +4,7 @@ Mistakes a user can make end in one line on stderr and exit code 2, never a trac
 """
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -492,8 +493,9 @@ def algo_names(text: str) -> list[str]:
 
 
 def model_names(text: str) -> list[str]:
-    """``ae,vae`` -> ["ae", "vae"], each checked as a ``--model`` spec."""
-    names = [name for name in text.split(",") if name]
+    """``ae,vae`` -> ["ae", "vae"], each checked as a ``--model`` spec (commas inside a
+    spec's parentheses, ``'file.py:VAE(z_dim=4, hidden_dim=32)'``, stay in it)."""
+    names = [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
     check = spec_type(model_class)
     return [check(name) for name in names]
 

@@ -34,6 +34,7 @@ __all__ = [
     "check_array",
     "image_shape_of",
     "load_file_data",
+    "split_data",
     "default_test_split",
 ]
 
@@ -150,40 +151,68 @@ def load_file_data(
     image_shape: tuple[int, ...] | None = None,
     test_split: int | None = None,
 ) -> ImageData:
-    """Training, validation and test sets from data files (module docstring).
-
-    ``test_split``: points of the training file held out as the test set when neither the file
-    nor ``test_path`` holds one (default :func:`default_test_split`); the result's
-    ``test_split`` says how many were (None when a test set was given). Binarization draws
-    Bernoulli(x), so it needs values in [0, 1]; validation, subsampling and binarization follow
-    :func:`pyro_vae.data.images.load_data`.
-    """
+    """Training, validation and test sets from data files (module docstring); the rest as
+    :func:`split_data`."""
     arrays = read_arrays(path)
-    train = check_array(arrays.get("train", arrays.get("data")), path)
-    test = arrays.get("test")
+    test, where = arrays.get("test"), path
     if test_path is not None:
         if test is not None:
             raise UserError(f"{path} holds a test set already; drop --test-dataset {test_path}")
         test_arrays = read_arrays(test_path)
         if "train" in test_arrays:
             raise UserError(f"--test-dataset {test_path}: give one array, not 'train'/'test'")
-        test = test_arrays.get("test", test_arrays.get("data"))
-        where = test_path
-    else:
-        where = path
+        test, where = test_arrays.get("test", test_arrays.get("data")), test_path
+    train = arrays.get("train", arrays.get("data"))
+    return split_data(
+        train,
+        test,
+        binarize,
+        val_size,
+        limit_train,
+        limit_test,
+        seed,
+        image_shape,
+        test_split,
+        (path, where),
+    )
+
+
+def split_data(
+    train: torch.Tensor,
+    test: torch.Tensor | None = None,
+    binarize: str = "none",
+    val_size: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+    image_shape: tuple[int, ...] | None = None,
+    test_split: int | None = None,
+    names: tuple[str, str] = ("data", "test data"),
+) -> ImageData:
+    """Check data of your own (:func:`check_array`) and split it as a run does.
+
+    ``test_split``: points of ``train`` held out as the test set when ``test`` is None (default
+    :func:`default_test_split`); the result's ``test_split`` says how many were (None when a
+    test set was given). Binarization draws Bernoulli(x), so it needs values in [0, 1];
+    validation, subsampling and binarization follow :func:`pyro_vae.data.images.load_data`.
+    ``names``: how errors name the training and the test data.
+    """
+    train = check_array(train, names[0])
     g = torch.Generator().manual_seed(seed)
     held_out = None
     if test is None:
         held_out = test_split if test_split is not None else default_test_split(len(train))
         if held_out >= len(train):
-            raise UserError(f"{path}: {len(train)} data points are too few to hold out a test set")
+            raise UserError(
+                f"{names[0]}: {len(train)} data points are too few to hold out a test set"
+            )
         order = torch.randperm(len(train), generator=g)
         test, train = train[order[:held_out]], train[order[held_out:]]
     else:
-        test = check_array(test, where)
+        test = check_array(test, names[1])
         if test.shape[1:] != train.shape[1:]:
             raise UserError(
-                f"{where}: test points have shape {tuple(test.shape[1:])}, training points "
+                f"{names[1]}: test points have shape {tuple(test.shape[1:])}, training points "
                 f"{tuple(train.shape[1:])}"
             )
     point_shape = tuple(train.shape[1:])
@@ -192,7 +221,7 @@ def load_file_data(
     if binarize != "none" and not in_unit:
         raise UserError(
             f"--binarize {binarize} draws Bernoulli(x), which needs values in [0, 1]; "
-            f"{path} holds values in [{min(train.min(), test.min()):g}, "
+            f"{names[0]} holds values in [{min(train.min(), test.min()):g}, "
             f"{max(train.max(), test.max()):g}]: use --binarize none"
         )
     train, test = train.reshape(len(train), -1), test.reshape(len(test), -1)

@@ -229,17 +229,10 @@ def plot_latent(
         points, xlabel, ylabel = z, "z1", "z2"
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     colour = labels[:limit].numpy() if labels is not None else None
-    sc = ax.scatter(
-        points[:, 0],
-        points[:, 1],
-        c=colour,
-        cmap="tab10",
-        vmin=-0.5,
-        vmax=9.5,
-        s=4,
-        alpha=0.6,
-        linewidths=0,
+    colours = (
+        {"c": colour, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5} if colour is not None else {}
     )
+    sc = ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, linewidths=0, **colours)
     if colour is not None:
         fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
     ax.set_xlabel(xlabel)

@@ -63,6 +63,7 @@ __all__ = [
     "summary_table",
     "heldout_columns",
     "prepare_model",
+    "check_run_data",
 ]
 
 
@@ -93,7 +94,7 @@ def setup(
     with from_run_folder(config.resume):  # a resumed run's parts are named by its config.json
         vae = _build(config, data.data_dim, prior, data.image_shape)
     prepare_model(vae, data, config)
-    _check_data(vae, data)
+    check_run_data(vae, data)
     vae.to(config.device)
     distributed.broadcast_module(vae)
     if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
@@ -213,7 +214,7 @@ def prepare_model(vae: LatentModel, data: ImageData, config: TrainConfig) -> Non
         vae.prepare(batch, data.shape_per_point, data.image_shape)
 
 
-def _check_data(vae: LatentModel, data: ImageData) -> None:
+def check_run_data(vae: LatentModel, data: ImageData) -> None:
     """Reject data outside the likelihood's support once, before the run folder is made.
 
     Under dynamic binarization the stored training set holds intensities and every epoch draws
