@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.data.images import EVAL_BINARIZATION_SEED, ImageData
+from pyro_vae.data.images import ImageData, binarize_splits
 from pyro_vae.errors import UserError
 
 __all__ = [
@@ -234,12 +234,7 @@ def split_data(
         train = train[:limit_train]
     if limit_test is not None:
         test = test[torch.randperm(len(test), generator=g)[:limit_test]]
-    if binarize != "none":
-        eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-        test = torch.bernoulli(test, generator=eval_g)
-        val = torch.bernoulli(val, generator=eval_g) if val is not None else None
-        if binarize == "static":
-            train = torch.bernoulli(train, generator=g)
+    train, test, val = binarize_splits(train, test, val, binarize, g)
     return ImageData(
         train=train,
         test=test,

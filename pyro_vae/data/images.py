@@ -39,6 +39,7 @@ __all__ = [
     "resolve_data_root",
     "load_images",
     "load_data",
+    "binarize_splits",
     "minibatches",
 ]
 
@@ -193,13 +194,7 @@ def load_data(
         test, _ = moving_digits(
             test, seq_len, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
         )
-    if binarize != "none":
-        # Held-out splits get one fixed binarization; static binarizes the training set too.
-        eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-        test = torch.bernoulli(test, generator=eval_g)
-        val = torch.bernoulli(val, generator=eval_g) if val is not None else None
-        if binarize == "static":
-            train = torch.bernoulli(train, generator=g)
+    train, test, val = binarize_splits(train, test, val, binarize, g)
     return ImageData(
         train=train,
         test=test,
@@ -210,6 +205,25 @@ def load_data(
         seq_len=seq_len if dataset in SEQUENCE_DATASETS else 1,
         point_shape=None if dataset in SEQUENCE_DATASETS else (1, 28, 28),
     )
+
+
+def binarize_splits(
+    train: torch.Tensor,
+    test: torch.Tensor,
+    val: torch.Tensor | None,
+    binarize: str,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Held-out splits get one fixed binarization; ``static`` binarizes the training set too
+    (from ``generator``); ``dynamic`` leaves it to every epoch; ``none`` changes nothing."""
+    if binarize == "none":
+        return train, test, val
+    eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+    test = torch.bernoulli(test, generator=eval_g)
+    val = torch.bernoulli(val, generator=eval_g) if val is not None else None
+    if binarize == "static":
+        train = torch.bernoulli(train, generator=generator)
+    return train, test, val
 
 
 def minibatches(
