@@ -63,6 +63,7 @@ from pyro_vae.models.priors import (
     StandardNormalPrior,
     VampPrior,
 )
+from pyro_vae.models.user_program import PyroProgramModel
 from pyro_vae.models.vae import VAE, build_vae
 from pyro_vae.models.vqvae import VQVAE
 from pyro_vae.runs.code_prior import fit_code_prior, load_code_prior, prior_table
@@ -77,6 +78,7 @@ from pyro_vae.runs.fit import (
     summary_table,
 )
 from pyro_vae.runs.folder import Run
+from pyro_vae.runs.program import ProgramFit, fit_program
 
 __all__ = [
     "LatentModel",
@@ -130,6 +132,9 @@ __all__ = [
     "TrainConfig",
     "Run",
     "fit",
+    "fit_program",
+    "ProgramFit",
+    "PyroProgramModel",
     "setup",
     "load_vae",
     "run_data",

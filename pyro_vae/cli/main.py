@@ -4,10 +4,12 @@ Mistakes a user can make end in one line on stderr and exit code 2, never a trac
 """
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.devices import DEVICES
 from pyro_vae.errors import Stopped, TrainingInterrupted, UserError, stop_on_signals
@@ -112,6 +114,16 @@ def spec_type(parse: Callable[[str], object]):
     return check
 
 
+def dataset_name(text: str) -> str:
+    """A built-in data set's name or a data file's path (``--dataset``)."""
+    if text in DATASETS or is_data_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(DATASETS)}, or give a .npy, .npz or "
+        ".pt file)"
+    )
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a training run; defaults come from :class:`TrainConfig`, then from
     ``--config FILE``, then from the flags given."""
@@ -126,9 +138,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        choices=DATASETS,
+        type=dataset_name,
         default=d.dataset,
-        help="moving-mnist: sequences of moving digits, for --model tdvae",
+        metavar="NAME|FILE",
+        help=f"{' | '.join(DATASETS)}, or your own data: path.npy|.npz|.pt holding an (N, ...) "
+        "float array ('train' and 'test' arrays in a .npz/.pt), used as it is unless "
+        "--binarize is given (docs/own-model.md)",
+    )
+    data.add_argument(
+        "--test-dataset",
+        default=None,
+        metavar="FILE",
+        help="the test set of --dataset FILE (default: the file's 'test', else a tenth of it)",
+    )
+    data.add_argument(
+        "--image-shape",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="H W: the points of --dataset FILE are images (found alone for (N, H, W) data)",
     )
     data.add_argument(
         "--data-dir",
@@ -177,7 +206,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="vae: variational autoencoder; ae: autoencoder (point-mass guide, flat prior); "
         "vqvae: VQ-VAE (discrete codes); tdvae: TD-VAE (sequences, --dataset moving-mnist); "
-        "or a LatentModel of your own: module:Class or path/to/file.py:Class",
+        "or a model of your own, module:Class or path/to/file.py:Class: a LatentModel, or any "
+        "nn.Module with model(x) and guide(x) methods ('file.py:VAE(z_dim=10)'; it reads none "
+        "of the model flags below; docs/own-model.md)",
     )
     model.add_argument(
         "--z-dim", type=positive_int, default=d.z_dim, help="size of the latent code z"
@@ -455,6 +486,10 @@ def config_from_args(
     apply_config_file(args, given)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     fields["hidden_dims"] = tuple(fields["hidden_dims"])
+    if fields.get("image_shape") is not None:
+        fields["image_shape"] = tuple(fields["image_shape"])
+    if is_data_file(fields["dataset"]) and "binarize" not in given and args.config is None:
+        fields["binarize"] = "none"  # your own data are used as they are
     fields.setdefault("algo", algo)
     config = TrainConfig(**fields)
     if config.resume is None:
@@ -552,8 +587,9 @@ def algo_names(text: str) -> list[str]:
 
 
 def model_names(text: str) -> list[str]:
-    """``ae,vae`` -> ["ae", "vae"], each checked as a ``--model`` spec."""
-    names = [name for name in text.split(",") if name]
+    """``ae,vae`` -> ["ae", "vae"], each checked as a ``--model`` spec (commas inside a
+    spec's parentheses, ``'file.py:VAE(z_dim=4, hidden_dim=32)'``, stay in it)."""
+    names = [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
     check = spec_type(model_class)
     return [check(name) for name in names]
 

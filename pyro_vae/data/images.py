@@ -42,6 +42,7 @@ __all__ = [
     "recorded_data_dir",
     "load_images",
     "load_data",
+    "binarize_splits",
     "minibatches",
 ]
 
@@ -121,15 +122,27 @@ def load_images(name: str, train: bool, data_dir: str | None = None, labels: boo
 
 @dataclass
 class ImageData:
-    """Train/validation/test tensors (N, D) plus how the training set is binarized per epoch."""
+    """Train/validation/test tensors (N, D) plus how the training set is binarized per epoch.
+
+    ``image_shape``: (H, W) of an image, None when the data are not images (no image figures);
+    ``point_shape``: the shape of one data point before flattening (default ``(D,)``), what a
+    model of your own takes; ``test_split``: points of a data file held out as the test set.
+    """
 
     train: torch.Tensor
     test: torch.Tensor
     val: torch.Tensor | None
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int] | None
     binarize: str
     test_labels: torch.Tensor | None = None  # class of each test image, for figures
     seq_len: int = 1  # frames per data point: 1 for images, T for a data set of sequences
+    point_shape: tuple[int, ...] | None = None
+    test_split: int | None = None
+
+    @property
+    def shape_per_point(self) -> tuple[int, ...]:
+        """The shape of one data point as a model of your own takes it."""
+        return self.point_shape or (self.data_dim,)
 
     @property
     def data_dim(self) -> int:
@@ -194,13 +207,7 @@ def load_data(
         test, _ = moving_digits(
             test, seq_len, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
         )
-    if binarize != "none":
-        # Held-out splits get one fixed binarization; static binarizes the training set too.
-        eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-        test = torch.bernoulli(test, generator=eval_g)
-        val = torch.bernoulli(val, generator=eval_g) if val is not None else None
-        if binarize == "static":
-            train = torch.bernoulli(train, generator=g)
+    train, test, val = binarize_splits(train, test, val, binarize, g)
     return ImageData(
         train=train,
         test=test,
@@ -209,7 +216,27 @@ def load_data(
         binarize=binarize,
         test_labels=test_labels,
         seq_len=seq_len if dataset in SEQUENCE_DATASETS else 1,
+        point_shape=None if dataset in SEQUENCE_DATASETS else (1, 28, 28),
     )
+
+
+def binarize_splits(
+    train: torch.Tensor,
+    test: torch.Tensor,
+    val: torch.Tensor | None,
+    binarize: str,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Held-out splits get one fixed binarization; ``static`` binarizes the training set too
+    (from ``generator``); ``dynamic`` leaves it to every epoch; ``none`` changes nothing."""
+    if binarize == "none":
+        return train, test, val
+    eval_g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+    test = torch.bernoulli(test, generator=eval_g)
+    val = torch.bernoulli(val, generator=eval_g) if val is not None else None
+    if binarize == "static":
+        train = torch.bernoulli(train, generator=generator)
+    return train, test, val
 
 
 def minibatches(

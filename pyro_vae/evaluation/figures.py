@@ -61,6 +61,7 @@ __all__ = [
     "plot_codebook_usage",
     "plot_rollouts",
     "FIGURES",
+    "IMAGE_FIGURES",
     "write_figures",
 ]
 
@@ -229,17 +230,10 @@ def plot_latent(
         points, xlabel, ylabel = z, "z1", "z2"
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     colour = labels[:limit].numpy() if labels is not None else None
-    sc = ax.scatter(
-        points[:, 0],
-        points[:, 1],
-        c=colour,
-        cmap="tab10",
-        vmin=-0.5,
-        vmax=9.5,
-        s=4,
-        alpha=0.6,
-        linewidths=0,
+    colours = (
+        {"c": colour, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5} if colour is not None else {}
     )
+    sc = ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, linewidths=0, **colours)
     if colour is not None:
         fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
     ax.set_xlabel(xlabel)
@@ -374,6 +368,17 @@ def plot_rollouts(
     _save_grid(grid, title, path)
 
 
+#: Figures that draw data points as images: drawn only for data that are images.
+IMAGE_FIGURES = (
+    "reconstructions",
+    "samples",
+    "random_codes",
+    "manifold",
+    "interpolation",
+    "denoising",
+    "rollouts",
+)
+
 #: figure name (as models list them in ``model.figures``) -> fn(model, test, labels, path, shape)
 FIGURES: dict[str, Callable] = {
     "reconstructions": lambda m, x, y, path, shape: plot_reconstructions(m, x, path, shape),
@@ -394,11 +399,12 @@ def write_figures(
     test: torch.Tensor,
     metrics: list[dict[str, float]],
     folder: Path,
-    image_shape: Sequence[int] = (28, 28),
+    image_shape: Sequence[int] | None = (28, 28),
     labels: torch.Tensor | None = None,
 ) -> list[Path]:
     """Write every figure the model lists (``vae.figures``) into ``folder``, and the training
-    curves; returns the paths written.
+    curves; returns the paths written. Data that are not images (``image_shape`` None) get
+    only the figures that do not draw them (:data:`IMAGE_FIGURES`).
 
     ``labels`` (classes of the test images) colour the latent scatter and pick interpolation
     pairs of different classes; without them the scatter is one colour. Random draws (samples,
@@ -406,12 +412,13 @@ def write_figures(
     ``pyro-vae plot`` redraws the same pictures.
     """
     check_writable(folder, root=folder.parent)  # figures/ must not be a link
-    paths = [folder / f"{name}.png" for name in vae.figures]
+    names = [n for n in vae.figures if image_shape is not None or n not in IMAGE_FIGURES]
+    paths = [folder / f"{name}.png" for name in names]
     was_training = vae.training
     vae.eval()
     with torch.no_grad(), forked_rng(_device(vae)):
         torch.manual_seed(0)
-        for name, path in zip(vae.figures, paths, strict=True):
+        for name, path in zip(names, paths, strict=True):
             FIGURES[name](vae, test, labels, path, image_shape)
     vae.train(was_training)
     if metrics:

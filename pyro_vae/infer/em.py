@@ -131,6 +131,7 @@ class EMTrainer:
             raise ValueError("e_steps, e_check, e_max and patience must be positive")
         if e_rule == "aggressive" and mutual_info is None:
             raise ValueError("the aggressive rule needs a validation measure (mutual_info)")
+        vae.check_algo("em")
         self.vae = vae
         self.objective = objective
         self.e_rule = e_rule

@@ -21,6 +21,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pyro_vae.errors import UserError
 from pyro_vae.infer.posterior_sampling import ChainSettings, sample_posterior
 from pyro_vae.infer.svi import KLWarmup, adam, epoch_loop, gradient_step
 from pyro_vae.models.vae import VAE
@@ -63,6 +64,11 @@ class MCEMTrainer:
         lr: float = 1e-3,
         clip_norm: float | None = None,
     ) -> None:
+        vae.check_algo("mcem")
+        if not isinstance(vae, VAE):
+            raise UserError(
+                f"Monte Carlo EM trains a VAE (HMC on its latent 'z'), not a {type(vae).__name__}"
+            )
         self.vae = vae
         self.chain = chain or ChainSettings()
         self.clip_norm = clip_norm

@@ -180,6 +180,7 @@ class SVITrainer:
         kl_weight: Callable[[int], float] | None = None,
         clip_norm: float | None = None,
     ) -> None:
+        vae.check_algo("svi")
         self.vae = vae
         self.clip_norm = clip_norm
         self.objective = objective

@@ -22,6 +22,12 @@ the run system what it is made of and what can be measured and drawn of it:
   them);
 - ``after_update(model_updated)``: called by the trainers after every optimizer step, for
   model-side updates that are not gradient steps (the VQ-VAE's codebook averages); a no-op here.
+- ``prepare(x, point_shape, image_shape)``: called by the run system with a batch of training
+  data before a trainer is built, for a model that needs data to know itself
+  (``needs_example``: a model and guide of the user's own,
+  :mod:`pyro_vae.models.user_program`); a no-op here.
+- ``check_algo(algo)``: a one-line :class:`~pyro_vae.errors.UserError` when the trainer
+  ``algo`` (``svi``, ``em``, ``mcem``) cannot train this model; the trainers call it.
 
 Trainers only call ``model``, ``guide``, the two parameter groups, ``after_update`` and
 ``check_data``; the
@@ -82,6 +88,7 @@ class LatentModel(nn.Module):
     not_applicable: dict[str, str] = {}
     own_fields: tuple[str, ...] = ()
     sequences: bool = False  # a model of sequences (flat (N, T * D) data) rather than images
+    needs_example: bool = False  # prepare() must see data before the parameter groups exist
 
     # --- the run system ------------------------------------------------------------------
     @classmethod
@@ -115,6 +122,17 @@ class LatentModel(nn.Module):
 
     def model_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
+
+    def prepare(
+        self,
+        x: torch.Tensor,
+        point_shape: tuple[int, ...] | None = None,
+        image_shape: tuple[int, int] | None = None,
+    ) -> None:
+        """Learn what the model needs from a batch ``x`` (N, D) of training data; nothing here."""
+
+    def check_algo(self, algo: str) -> None:
+        """Raise a :class:`UserError` if the trainer ``algo`` cannot train this model."""
 
     def after_update(self, model_updated: bool) -> None:
         """Called by trainers after each optimizer step; ``model_updated``: whether the step

@@ -9,7 +9,9 @@ log-likelihoods; Adam with lr 1e-3 and batch 128 are the usual choices for this 
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS, SEQUENCE_DATASETS
 from pyro_vae.devices import DEVICES, check_device
 from pyro_vae.errors import UserError
@@ -17,12 +19,13 @@ from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
 from pyro_vae.infer.schedules import SCHEDULES
-from pyro_vae.models import MODELS, model_class
+from pyro_vae.models import MODELS, PyroProgramModel, model_class
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_scale
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import check_prior_spec
+from pyro_vae.models.vae import VAE
 from pyro_vae.plugins import absolute_file_spec, from_run_folder
 from pyro_vae.runs.tensorboard import check_available as check_tensorboard
 
@@ -40,7 +43,10 @@ class TrainConfig:
 
     algo: str = "svi"
     # data
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # mnist | fashion-mnist | moving-mnist | path.npy|.npz|.pt
+    test_dataset: str | None = None  # a test set's file (a data file's own else a split of it)
+    test_split: int | None = None  # points of a data file held out as its test set (recorded)
+    image_shape: tuple[int, ...] | None = None  # H W (or 1 H W): a data file's points are images
     data_dir: str | None = None
     binarize: str = "dynamic"
     val_size: int = 0
@@ -119,8 +125,9 @@ class TrainConfig:
         One setting is filled in rather than refused: ``--e-rule aggressive`` without
         ``--val-size`` holds out :data:`AGGRESSIVE_VAL_SIZE` training images for validation.
         """
+        self._check_data_files()
         choices = {
-            "dataset": DATASETS,
+            "dataset": DATASETS if not is_data_file(self.dataset) else (self.dataset,),
             "binarize": BINARIZATIONS,
             "elbo": OBJECTIVES,
             "algo": ALGOS,
@@ -211,13 +218,36 @@ class TrainConfig:
                 f"use --model {' | '.join(fits) or '(none installed)'}"
             )
         model_class(self.model).check_config(self)
-        if self.likelihood == "bernoulli" and self.binarize == "none":
+        if self.algo == "mcem" and not issubclass(model_class(self.model), VAE):
+            raise UserError(f"--algo mcem trains a VAE (HMC on its latent 'z'), not {self.model}")
+        reads_likelihood = not issubclass(model_class(self.model), PyroProgramModel)
+        if reads_likelihood and self.likelihood == "bernoulli" and self.binarize == "none":
             raise UserError(
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "
                 "or --likelihood gaussian for intensities in [0, 1]"
             )
         check_device(self.device)
         return self
+
+    def _check_data_files(self) -> None:
+        """A data file is named by its absolute path (so every command finds it); the settings
+        of data files apply to them only. The file is read when the run loads its data."""
+        files = ("dataset", "test_dataset")
+        if not is_data_file(self.dataset):
+            for name in ("test_dataset", "image_shape", "test_split"):
+                if getattr(self, name) is not None:
+                    flag = "--" + name.replace("_", "-")
+                    raise UserError(f"{flag} applies to a data file (--dataset path.npy|.npz|.pt)")
+            return
+        if self.test_dataset is not None and not is_data_file(self.test_dataset):
+            raise UserError(f"--test-dataset {self.test_dataset}: not a .npy, .npz or .pt file")
+        for name in files:
+            if getattr(self, name) is not None and self.resume is None:
+                setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
+        if self.image_shape is not None:
+            self.image_shape = tuple(self.image_shape)
+            if not 2 <= len(self.image_shape) <= 3 or min(self.image_shape) <= 0:
+                raise UserError("--image-shape takes H W or 1 H W, positive")
 
     def _check_plugins(self) -> None:
         """Check every part's spec (imports plugins: a missing module fails here, before any
@@ -246,12 +276,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
+        if self.image_shape is not None:
+            d["image_shape"] = list(self.image_shape)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
-        if "hidden_dims" in kwargs:
-            kwargs["hidden_dims"] = tuple(kwargs["hidden_dims"])
+        for name in ("hidden_dims", "image_shape"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)

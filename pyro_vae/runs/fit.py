@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed
+from pyro_vae.data.files import is_data_file, load_file_data
 from pyro_vae.data.images import ImageData, load_data, recorded_data_dir
 from pyro_vae.devices import check_device, forked_rng
 from pyro_vae.errors import (
@@ -68,6 +69,8 @@ __all__ = [
     "run_data",
     "summary_table",
     "heldout_columns",
+    "prepare_model",
+    "check_run_data",
 ]
 
 
@@ -95,9 +98,12 @@ def setup(
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = run_data(config)
+    if data.test_split is not None:  # a data file's held-out test set: config.json says so
+        config.test_split = data.test_split
     with from_run_folder(config.resume):  # a resumed run's parts are named by its config.json
         vae = _build(config, data.data_dim, prior, data.image_shape)
-    _check_data(vae, data)
+    prepare_model(vae, data, config)
+    check_run_data(vae, data)
     vae.to(config.device)
     distributed.broadcast_module(vae)
     if distributed.rank() > 0:  # model noise differs per rank; the data order (data_rng) does not
@@ -114,7 +120,20 @@ def _new_run_dir(config: TrainConfig) -> str:
 
 def run_data(config: TrainConfig, data_dir: str | None = None) -> ImageData:
     """The data a run's settings describe (``data_dir`` overrides the run's folder): training,
-    evaluation and every command on a finished run read the same splits."""
+    evaluation and every command on a finished run read the same splits. A data file
+    (``--dataset path.npy``) is read by :func:`pyro_vae.data.files.load_file_data`."""
+    if is_data_file(config.dataset):
+        return load_file_data(
+            config.dataset,
+            config.test_dataset,
+            config.binarize,
+            config.val_size,
+            config.limit_train,
+            config.limit_test,
+            config.seed,
+            config.image_shape,
+            config.test_split,
+        )
     return load_data(
         config.dataset,
         data_dir or config.data_dir,
@@ -191,6 +210,8 @@ def _build(
     trains no guide, its encoder is a :class:`PosteriorEncoder`: Gaussians fitted to HMC samples
     of p(z|x), so every evaluation written against ``vae.guide`` (ELBO, IWAE, active units,
     figures) applies."""
+    if image_shape is None and config.arch == "conv":
+        raise UserError(f"--arch conv needs images; {config.dataset} holds vectors (--image-shape)")
     vae = model_class(config.model).from_config(config, data_dim, image_shape, prior)
     if config.algo == "mcem":
         settings = chain_settings(config, config.mc_eval_warmup, config.mc_eval_samples)
@@ -198,7 +219,18 @@ def _build(
     return vae
 
 
-def _check_data(vae: LatentModel, data: ImageData) -> None:
+def prepare_model(vae: LatentModel, data: ImageData, config: TrainConfig) -> None:
+    """Show a model that needs data to know itself (a model of your own: its sites and
+    parameter groups) a batch of training data as training sees it
+    (:meth:`~pyro_vae.models.base.LatentModel.prepare`)."""
+    if vae.needs_example:
+        batch = data.train_sample(config.batch_size)
+        if data.binarize == "dynamic":
+            batch = batch.ceil()  # binary, as every epoch's draw is
+        vae.prepare(batch, data.shape_per_point, data.image_shape)
+
+
+def check_run_data(vae: LatentModel, data: ImageData) -> None:
     """Reject data outside the likelihood's support once, before the run folder is made.
 
     Under dynamic binarization the stored training set holds intensities and every epoch draws
@@ -524,13 +556,15 @@ def load_vae(
     prior: nn.Module | None = None,
     state: dict | None = None,
     checkpoint: str = "last",
+    data: ImageData | None = None,
 ) -> tuple[LatentModel, TrainConfig]:
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
     ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
     checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
-    (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO).
+    (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO); ``data``: the
+    run's data if already loaded (a model of your own is prepared on it, else it is loaded).
     """
     state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
     try:
@@ -543,9 +577,14 @@ def load_vae(
             "load_vae(..., prior=...), or train with --prior module:Class so that every command "
             "can rebuild it"
         )
+    if data is None and is_data_file(config.dataset):  # its images' shape is in the file
+        data = run_data(config)
+    image_shape = data.image_shape if data is not None else (28, 28)
     try:
         with from_run_folder(run_dir):
-            vae = _build(config, state["data_dim"], prior)
+            vae = _build(config, state["data_dim"], prior, image_shape)
+            if vae.needs_example:
+                prepare_model(vae, data or run_data(config), config)
     except UserError as exc:  # a plugin that no longer imports, a model this version lacks
         raise UserError(f"cannot rebuild the model of {run_dir}: {exc}") from None
     try:
@@ -568,9 +607,13 @@ def load_run(
         raise UserError(f"run folder {run_dir} does not exist")
     check_device(device)
     state = run.load_checkpoint(checkpoint)
-    vae, config = load_vae(str(run_dir), device=device, state=state)
-    config.data_dir = recorded_data_dir(config.data_dir)
-    data = run_data(config, data_dir)
+    try:
+        recorded = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError, KeyError):
+        raise UserError(f"the configuration in {run_dir}'s checkpoint is unreadable") from None
+    recorded.data_dir = recorded_data_dir(recorded.data_dir)
+    data = run_data(recorded, data_dir)
+    vae, config = load_vae(str(run_dir), device=device, state=state, data=data)
     try:
         vae.codes(data.test[:1].to(device))
     except RuntimeError:
