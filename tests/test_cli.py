@@ -150,20 +150,10 @@ def test_every_flag_of_every_command_has_help_that_shows_its_default():
     """``--help`` explains every flag and says what it is when not given."""
     import argparse
 
-    from pyro_vae.cli.main import (
-        OneLineParser,
-        add_compare_arguments,
-        add_fit_prior_command,
-        add_posthoc_commands,
-        add_train_arguments,
-    )
+    from pyro_vae.cli.main import command_parser
 
-    parser = OneLineParser(prog="pyro-vae")
-    commands = parser.add_subparsers(dest="command")
-    add_train_arguments(commands.add_parser("train"))
-    add_compare_arguments(commands.add_parser("compare", conflict_handler="resolve"))
-    add_posthoc_commands(commands)
-    add_fit_prior_command(commands)
+    parser = command_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in commands.choices.items():
         text = " ".join(command.format_help().split())
         for action in command._actions:

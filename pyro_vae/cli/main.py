@@ -36,6 +36,7 @@ from pyro_vae.runs.folder import CHECKPOINTS
 
 __all__ = [
     "main",
+    "command_parser",
     "train_parser",
     "parse_train_config",
     "run_cli",
@@ -378,7 +379,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         choices=E_RULES,
         default=d.e_rule,
         help="when an E-step stops: fixed K steps, converge (He et al. 2019), "
-        "aggressive (converge until validation MI stops improving, then SVI)",
+        "aggressive (converge until validation MI stops improving, then SVI); an epoch costs "
+        "about 0.7 x (encoder steps per minibatch + 1) SVI epochs: converge took 20x SVI's "
+        "time in docs/svi-vs-em.md, fixed --e-steps 2 about 2x",
     )
     em.add_argument(
         "--e-steps",
@@ -776,7 +779,8 @@ def _fit_prior(args: argparse.Namespace) -> None:
     print(prior_table(args.run_dir))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_parser() -> OneLineParser:
+    """The parser of the ``pyro-vae`` command and its subcommands."""
     parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_arguments(
@@ -791,7 +795,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_posthoc_commands(commands)
     add_fit_prior_command(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = command_parser().parse_args(argv)
     if args.command == "train":
         return run_cli(lambda: _train(config_from_args(args, argv)))
     if args.command == "compare":
