@@ -47,8 +47,8 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
     A given flag that differs from the saved setting is a :class:`UserError`.
     """
     run = Run(requested.resume)
-    if not run.checkpoint_path.is_file():
-        _refuse_without_checkpoint(run)
+    if not run.checkpoint_path.exists() and not run.checkpoint_path.is_symlink():
+        _refuse_without_checkpoint(run)  # anything else there is refused when it is read
     saved = _saved_config(run)
     for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
         new, old = getattr(requested, name), getattr(saved, name)
