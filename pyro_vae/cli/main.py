@@ -27,9 +27,11 @@ from pyro_vae.models.likelihoods import (
 )
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
-from pyro_vae.runs.config import ALGOS, TrainConfig
+from pyro_vae.plugins import from_run_folder, trusting
+from pyro_vae.runs.config import ALGOS, PART_FIELDS, SEEDS, TrainConfig, check_parts
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import CHECKPOINTS
+from pyro_vae.runs.limits import is_out_of_memory
 
 __all__ = [
     "main",
@@ -76,6 +78,11 @@ non_negative_int = _number(int, lambda v: v >= 0, " non-negative integer")
 positive_float = _number(float, lambda v: v > 0, " positive number")
 non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
 open_unit_float = _number(float, lambda v: 0 < v < 1, " number in (0, 1)")
+seed_int = _number(int, lambda v: v in SEEDS, f" seed (an integer in 0..{SEEDS[-1]})")
+TRUST_HELP = (
+    "import the plugins that the folder being opened names even when they lie inside it "
+    "(its own Python files): only for a folder whose code you have read (docs/reliability.md)"
+)
 
 
 def spec_type(parse: Callable[[str], object]):
@@ -272,7 +279,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after PATIENCE epochs without a better validation ELBO (needs --val-size; "
         "best.pt keeps the best epoch whenever there is a validation set)",
     )
-    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--seed", type=seed_int, default=d.seed)
     train.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
     train.add_argument(
         "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
@@ -347,6 +354,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a run from its checkpoint with its saved settings (--epochs may grow)",
     )
+    out.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def train_parser(prog: str | None = None, description: str | None = None) -> OneLineParser:
@@ -383,14 +391,23 @@ def given_fields(argv: Sequence[str] | None = None) -> set[str]:
 
 def apply_config_file(args: argparse.Namespace, given: set[str], skip: Sequence[str] = ()) -> None:
     """Fill ``args`` from ``args.config`` (a recipe or a run's config.json), except the
-    settings ``given`` on the command line and those in ``skip``."""
+    settings ``given`` on the command line and those in ``skip``. The parts the file names are
+    resolved as the folder of the file provides them: a plugin inside that folder is refused
+    unless ``--trust-plugins`` (docs/reliability.md, threat model)."""
     if args.config is None:
         return
     if args.resume is not None:
         raise UserError("--config starts a new run; --resume continues one with its own settings")
-    for name, value in read_config_file(args.config).items():
-        if name not in given and name not in skip:
-            setattr(args, name, list(value) if name == "hidden_dims" else value)
+    taken = {
+        name: value
+        for name, value in read_config_file(args.config).items()
+        if name not in given and name not in skip
+    }
+    folder = Path(args.config).parent
+    with trusting(args.trust_plugins), from_run_folder(folder, f"the folder of --config {folder}"):
+        check_parts({name: spec for name, spec in taken.items() if name in PART_FIELDS})
+    for name, value in taken.items():
+        setattr(args, name, list(value) if name == "hidden_dims" else value)
 
 
 def _flag(name: str) -> str:
@@ -426,6 +443,16 @@ def run_cli(job: Callable[[], object]) -> int:
     except UserError as exc:
         print(f"pyro-vae: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        detail = str(exc).splitlines()[0].rpartition("] ")[2] if str(exc) else "MemoryError"
+        print(
+            f"pyro-vae: error: out of memory ({detail}); choose smaller sizes (--batch-size, "
+            "--num-particles, --z-dim, --hidden-dims, --iw-samples)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:  # outside a training loop: nothing to save
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
@@ -576,6 +603,7 @@ def add_posthoc_commands(commands) -> None:
             metavar="DIR",
             help="write the results here instead of into RUN_DIR (which is then only read)",
         )
+        sub.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def add_fit_prior_command(commands) -> None:
@@ -595,9 +623,10 @@ def add_fit_prior_command(commands) -> None:
     fit_prior.add_argument("--epochs", type=positive_int, default=20)
     fit_prior.add_argument("--batch-size", type=positive_int, default=128)
     fit_prior.add_argument("--lr", type=positive_float, default=1e-3)
-    fit_prior.add_argument("--seed", type=int, default=0)
+    fit_prior.add_argument("--seed", type=seed_int, default=0)
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    fit_prior.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
@@ -633,17 +662,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_posthoc_commands(commands)
     add_fit_prior_command(commands)
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return run_cli(lambda: _train(config_from_args(args, argv)))
-    if args.command == "compare":
-        return run_cli(lambda: run_compare(args, argv))
-    if args.command == "evaluate":
-        return run_cli(lambda: _evaluate(args))
-    if args.command == "plot":
-        return run_cli(lambda: _plot(args))
-    if args.command == "fit-prior":
-        return run_cli(lambda: _fit_prior(args))
-    return 2  # unreachable: argparse rejects unknown commands
+    jobs = {
+        "train": lambda: _train(config_from_args(args, argv)),
+        "compare": lambda: run_compare(args, argv),
+        "evaluate": lambda: _evaluate(args),
+        "plot": lambda: _plot(args),
+        "fit-prior": lambda: _fit_prior(args),
+    }
+    with trusting(args.trust_plugins):  # --trust-plugins: every command has it
+        return run_cli(jobs[args.command])
 
 
 if __name__ == "__main__":

@@ -42,11 +42,12 @@ from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
 from pyro_vae.infer.schedules import EpochSchedule
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.models import LatentModel, model_class
-from pyro_vae.plugins import from_run_folder
+from pyro_vae.plugins import from_run_folder, trusting
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.early_stopping import BestEpoch
 from pyro_vae.runs.files import FolderLock, WriteFailed
-from pyro_vae.runs.folder import Run, default_run_dir
+from pyro_vae.runs.folder import CHECKPOINTS, Run, default_run_dir
+from pyro_vae.runs.limits import allocating
 from pyro_vae.runs.resume import restore, rng_states
 from pyro_vae.runs.tensorboard import Board
 
@@ -86,7 +87,8 @@ def setup(
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = run_data(config)
-    with from_run_folder(config.resume):  # a resumed run's parts are named by its config.json
+    # a resumed run's parts are named by its config.json
+    with trusting(config.trust_plugins), from_run_folder(config.resume), allocating("the model"):
         vae = _build(config, data.data_dim, prior, data.image_shape)
     _check_data(vae, data)
     vae.to(config.device)
@@ -493,19 +495,23 @@ def load_vae(
     prior: nn.Module | None = None,
     state: dict | None = None,
     checkpoint: str = "last",
+    trust_plugins: bool = False,
 ) -> tuple[LatentModel, TrainConfig]:
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
     ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
     checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
-    (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO).
+    (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO). The checkpoint's
+    settings are checked as flags are (:meth:`TrainConfig.validate`) before anything is built.
+    A plugin that lies inside the run folder is imported only with ``trust_plugins=True`` (the
+    ``--trust-plugins`` flag; :func:`pyro_vae.plugins.trusting`).
     """
     state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
-    try:
-        config = TrainConfig.from_dict(state["config"])
-    except (TypeError, ValueError):
-        raise UserError(f"the configuration in {run_dir}'s checkpoint is unreadable") from None
+    source = f"the settings in {Path(run_dir) / CHECKPOINTS[checkpoint]}"
+    if "config" not in state:
+        raise UserError(f"{source} are missing")
+    config = TrainConfig.from_dict(state["config"], source)
     if config.prior == "custom" and prior is None:
         raise UserError(
             f"{run_dir} was trained with a prior module given in Python; pass "
@@ -513,10 +519,13 @@ def load_vae(
             "can rebuild it"
         )
     try:
-        with from_run_folder(run_dir):
-            vae = _build(config, state["data_dim"], prior)
+        with trusting(trust_plugins), from_run_folder(run_dir), allocating("the model"):
+            config.validate(training=False)
+            vae = _build(config, int(state["data_dim"]), prior)
     except UserError as exc:  # a plugin that no longer imports, a model this version lacks
         raise UserError(f"cannot rebuild the model of {run_dir}: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{run_dir}'s checkpoint does not say how large its data is") from None
     try:
         vae.load_state_dict(state["vae"])
     except RuntimeError:
@@ -533,7 +542,7 @@ def load_run(
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
     state = run.load_checkpoint(checkpoint)
-    vae, config = load_vae(str(run_dir), state=state)
+    vae, config = load_vae(str(run_dir), state=state, checkpoint=checkpoint)
     data = run_data(config, data_dir)
     try:
         vae.codes(data.test[:1])
