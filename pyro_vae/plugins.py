@@ -95,7 +95,7 @@ _TRUSTED: ContextVar[bool] = ContextVar("pyro_vae_trust_plugins", default=False)
 #: Files and package folders imported for specs the user gave (resolved outside
 #: :func:`from_run_folder`): the user vouched for them, so an opened folder may name them too.
 _USER_CODE: set[Path] = set()
-_WARNED: set[tuple[str, Path]] = set()
+_WARNED: set[tuple[str, _Opened]] = set()
 
 
 @contextlib.contextmanager
@@ -154,9 +154,9 @@ def _warn(where: str | None, location: Path, flag: str, spec: "Spec") -> None:
     """One line on stderr, once per spec and folder, when imported code lies ``where`` (inside
     or beside) the folder being opened."""
     opened = _OPENED.get()
-    if where is None or opened is None or (spec.text, opened.real) in _WARNED:
+    if where is None or opened is None or (spec.text, opened) in _WARNED:
         return
-    _WARNED.add((spec.text, opened.real))
+    _WARNED.add((spec.text, opened))
     print(
         f"pyro-vae: warning: {flag} {spec.text} imports {location}, which lies {where} "
         f"{opened.what}",

@@ -31,7 +31,7 @@ from pyro_vae.plugins import from_run_folder, trusting
 from pyro_vae.runs.config import ALGOS, PART_FIELDS, SEEDS, TrainConfig, check_parts
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import CHECKPOINTS
-from pyro_vae.runs.limits import is_out_of_memory
+from pyro_vae.runs.limits import is_out_of_memory, memory_detail
 
 __all__ = [
     "main",
@@ -446,10 +446,9 @@ def run_cli(job: Callable[[], object]) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        detail = str(exc).splitlines()[0].rpartition("] ")[2] if str(exc) else "MemoryError"
         print(
-            f"pyro-vae: error: out of memory ({detail}); choose smaller sizes (--batch-size, "
-            "--num-particles, --z-dim, --hidden-dims, --iw-samples)",
+            f"pyro-vae: error: out of memory ({memory_detail(exc)}); choose smaller sizes "
+            "(--batch-size, --num-particles, --z-dim, --hidden-dims, --iw-samples)",
             file=sys.stderr,
         )
         return 2

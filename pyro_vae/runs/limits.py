@@ -16,7 +16,8 @@ still be too large, but a run it refuses could never have started:
   (the value, its gradient and Adam's two moments);
 - in training, one step's activations: the minibatch (``--batch-size``, at most
   ``--limit-train``) times ``--num-particles`` times the units of one pass (784 pixels out,
-  every hidden width twice, 3 z_dim), 4 bytes each.
+  every hidden width twice, 3 z_dim), 4 bytes each, counted towards the largest of the three
+  factors (the units: towards the larger of the hidden and the latent part).
 
 The memory is the machine's physical memory (``os.sysconf``; 1 TiB where it cannot be read), or
 the GPU's for the activations of a ``--device cuda`` run. The flag named is the one whose term
@@ -26,6 +27,7 @@ is largest. A torch allocation that fails anyway while a model is built is one l
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 
 import torch
@@ -34,7 +36,14 @@ from pyro_vae.errors import UserError
 from pyro_vae.models.priors import PRIOR_CONTEXT, PRIORS
 from pyro_vae.plugins import builtin_arguments
 
-__all__ = ["check_memory", "memory_terms", "physical_memory", "allocating", "is_out_of_memory"]
+__all__ = [
+    "check_memory",
+    "memory_terms",
+    "physical_memory",
+    "allocating",
+    "is_out_of_memory",
+    "memory_detail",
+]
 
 PIXELS = 784  # the pixels of one frame of every built-in data set
 CONV_FEATURES = 2 * 32 * 7 * 7  # ConvEncoder's features before its linear layer, 28 x 28 input
@@ -68,11 +77,14 @@ def memory_terms(config, training: bool = True) -> dict[str, int]:
         params["--codebook-size"] = config.codebook_size * config.code_dim
     per_parameter = 4 * BYTES if training else BYTES
     terms = {flag: count * per_parameter for flag, count in params.items()}
-    if training:
+    if training:  # counted towards the largest of its three factors
         batch = min(config.batch_size, config.limit_train or config.batch_size)
-        units = PIXELS + 2 * sum(hidden) + 3 * z
-        flag = "--num-particles" if config.num_particles >= batch else "--batch-size"
-        terms[flag] = batch * config.num_particles * units * BYTES
+        widths = {"--hidden-dims": 2 * sum(hidden), "--z-dim": 3 * z}
+        units = PIXELS + sum(widths.values())
+        factors = {"--batch-size": batch, "--num-particles": config.num_particles}
+        factors[max(widths, key=widths.get)] = units
+        flag = max(factors, key=factors.get)
+        terms[flag] = terms.get(flag, 0) + batch * config.num_particles * units * BYTES
     return terms
 
 
@@ -144,9 +156,14 @@ def allocating(what: str) -> Iterator[None]:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        detail = detail.rpartition("] ")[2]  # drop torch's "[enforce fail at ...]" prefix
         raise UserError(
-            f"not enough memory to build {what} ({detail}); choose a smaller --z-dim, "
-            "--hidden-dims or --prior"
+            f"not enough memory to build {what} ({memory_detail(exc)}); choose a smaller "
+            "--z-dim, --hidden-dims or --prior"
         ) from None
+
+
+def memory_detail(exc: BaseException) -> str:
+    """What a failed allocation says, in one short line (torch's "[enforce fail at ...] err ==
+    0." prefix dropped)."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)
