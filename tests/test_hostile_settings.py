@@ -6,7 +6,9 @@ import dataclasses
 import json
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import fake_images, make_fake_mnist, write_idx_images, write_idx_labels
@@ -204,6 +206,8 @@ def test_python_settings_of_the_wrong_type_are_one_line():
         TrainConfig(z_dim="abc").validate()
     config = dataclasses.replace(TrainConfig(), hidden_dims=[16], lr=1)  # a list, an int
     assert config.validate().hidden_dims == (16,) and isinstance(config.lr, float)
+    config = TrainConfig(z_dim=np.int64(3), data_dir=Path("/data"))  # numpy's ints, a Path
+    assert (config.validate().z_dim, config.data_dir) == (3, "/data")
 
 
 def damage(raw, prefix: str, kind: str) -> None:

@@ -15,6 +15,8 @@ hold ``trust_plugins``: trusting a folder's code is said on the command line onl
 """
 
 import json
+import numbers
+import os
 import sys
 import types
 import typing
@@ -90,18 +92,23 @@ def checked_setting(source: str, key: str, value, hint) -> object:
             return None
         if kind is bool and isinstance(value, bool):
             return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if kind is int and _integer(value):
+            return int(value)
+        if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
-        if kind is str and isinstance(value, str):
-            return value
+        if kind is str and isinstance(value, str | os.PathLike):  # a Path given in Python
+            return os.fspath(value)
         if typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return tuple(value)
+            if all(_integer(v) for v in value):
+                return tuple(int(v) for v in value)
     wanted = " or ".join(_TYPE_NAMES.get(kind, "a list of integers") for kind in options)
     where = f"{source}: {key}" if source else "--" + key.replace("_", "-")
     raise UserError(f"{where} must be {wanted}, got {_shown(value)}")
+
+
+def _integer(value) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _shown(value) -> str:
