@@ -27,10 +27,17 @@ the first parameter the context does not, and keyword arguments fill the rest. S
 
 Names are looked up among the built-in ones first, then among installed entry points.
 
-Importing a plugin runs its code. A spec read from a run folder (config.json, a fitted code
-prior) is rebuilt under :func:`from_run_folder`: it may import an installed module or a file
-outside the folder, never a module or file that the run folder itself provides, and a file
-only by its absolute path (docs/reliability.md, loading runs from elsewhere).
+Importing a plugin runs its code. A spec read from a folder that is being opened (a run
+folder's config.json and checkpoint, a fitted code prior, the folder of a ``--config`` file) is
+rebuilt under :func:`from_run_folder`: it may import an installed module or a file outside the
+folder, never code that lies inside it, however it is spelled (a file by absolute or relative
+path, with ``..`` or through a symlink; a dotted module, found level by level where its file
+really is, after namespace packages, before any level is imported), and a file only by its
+absolute path. Two things lift the refusal: the user names the same plugin again (any spec
+resolved outside :func:`from_run_folder`, e.g. a flag given on the command line, vouches for
+the files it imports), or :func:`trusting` (the ``--trust-plugins`` flag). A plugin that is
+imported from inside the folder, or from beside it (a file or package directly in the folder's
+parent), is named in one warning line on stderr (docs/reliability.md, threat model).
 """
 
 import ast
@@ -54,35 +61,108 @@ __all__ = [
     "parse_spec",
     "resolve",
     "check_spec",
+    "builtin_arguments",
     "build",
     "entry_point_names",
     "absolute_file_spec",
     "from_run_folder",
+    "trusting",
 ]
 
-_RUN_FOLDER: ContextVar[Path | None] = ContextVar("pyro_vae_run_folder", default=None)
+
+@dataclass(frozen=True)
+class _Opened:
+    """The folder whose files name the specs being resolved, as given and with links resolved."""
+
+    folder: Path
+    real: Path
+    what: str  # "the run folder RUN", "the folder of --config FILE"
+
+    def where(self, location: Path) -> str | None:
+        """``"inside"`` the folder, ``"beside"`` it (directly in its parent), or None; a path
+        counts as it is spelled and with its links resolved."""
+        spellings = {Path(os.path.abspath(location)), location.resolve()}
+        folders = {self.folder, self.real}
+        if any(p.is_relative_to(f) for p in spellings for f in folders):
+            return "inside"
+        if any(p.parent == f.parent for p in spellings for f in folders):
+            return "beside"
+        return None
+
+
+_OPENED: ContextVar[_Opened | None] = ContextVar("pyro_vae_opened_folder", default=None)
+_TRUSTED: ContextVar[bool] = ContextVar("pyro_vae_trust_plugins", default=False)
+#: Files and package folders imported for specs the user gave (resolved outside
+#: :func:`from_run_folder`): the user vouched for them, so an opened folder may name them too.
+_USER_CODE: set[Path] = set()
+_WARNED: set[tuple[str, _Opened]] = set()
 
 
 @contextlib.contextmanager
-def from_run_folder(folder: str | Path | None) -> Iterator[None]:
-    """Specs resolved inside this block come from ``folder``'s files: importing code that the
-    folder provides (a module or a file inside it, or a file by a relative path) is refused.
-    ``None``: specs given by the user, no restriction."""
-    token = _RUN_FOLDER.set(None if folder is None else Path(folder).resolve())
+def from_run_folder(folder: str | Path | None, what: str | None = None) -> Iterator[None]:
+    """Specs resolved inside this block come from ``folder``'s files: importing code that lies
+    inside the folder (or a file by a relative path) is refused, unless the user named that
+    code or :func:`trusting` is in force; code inside or beside the folder that does get
+    imported is named in a warning. ``what`` names the folder in messages (default "the run
+    folder FOLDER"). ``None``: specs given by the user, no restriction."""
+    opened = None
+    if folder is not None:
+        absolute = Path(os.path.abspath(folder))
+        opened = _Opened(absolute, absolute.resolve(), what or f"the run folder {folder}")
+    token = _OPENED.set(opened)
     try:
         yield
     finally:
-        _RUN_FOLDER.reset(token)
+        _OPENED.reset(token)
 
 
-def _refuse_run_folder_code(locations: list[Path], flag: str, spec: "Spec") -> None:
-    folder = _RUN_FOLDER.get()
-    for location in locations if folder is not None else ():
-        if location.resolve().is_relative_to(folder):
+@contextlib.contextmanager
+def trusting(enabled: bool = True) -> Iterator[None]:
+    """Inside this block (``enabled``), a folder being opened may name plugins that lie inside
+    it, and they are imported, with a warning: the ``--trust-plugins`` flag, for a run folder
+    whose code you have read. ``trusting(False)`` keeps whatever trust is already in force."""
+    token = _TRUSTED.set(_TRUSTED.get() or enabled)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _check_code(locations: list[Path], flag: str, spec: "Spec") -> str | None:
+    """Refuse code that the folder being opened provides (unless trusted or the user's own);
+    returns where the code lies relative to it ("inside", "beside" or None). Outside any
+    opened folder, remember the code as the user's own."""
+    opened = _OPENED.get()
+    if opened is None:
+        _USER_CODE.update(location.resolve() for location in locations)
+        return None
+    found = None
+    for location in locations:
+        where = opened.where(location)
+        allowed = _TRUSTED.get() or location.resolve() in _USER_CODE
+        if where == "inside" and not allowed:
             raise UserError(
-                f"{flag} {spec.text}: refusing to import {location}, which the run folder "
-                f"{folder} provides; a run folder is data, not code (docs/reliability.md)"
+                f"{flag} {spec.text}: refusing to import {location}, which {opened.what} "
+                "provides: a run folder is data, not code; name the plugin on the command line "
+                "or pass --trust-plugins to run it (docs/reliability.md)"
             )
+        found = "inside" if "inside" in (where, found) else where or found
+    return found
+
+
+def _warn(where: str | None, location: Path, flag: str, spec: "Spec") -> None:
+    """One line on stderr, once per spec and folder, when imported code lies ``where`` (inside
+    or beside) the folder being opened."""
+    opened = _OPENED.get()
+    if where is None or opened is None or (spec.text, opened) in _WARNED:
+        return
+    _WARNED.add((spec.text, opened))
+    print(
+        f"pyro-vae: warning: {flag} {spec.text} imports {location}, which lies {where} "
+        f"{opened.what}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,36 +256,62 @@ def _is_file(where: str) -> bool:
 
 def _import(name: str, flag: str, spec: Spec):
     """Import a module, searching the working directory after ``sys.path``; a missing module
-    (or one the plugin itself imports) is one line that names it."""
-    cwd, top = os.getcwd(), name.partition(".")[0]
-    if importlib.util.find_spec(top) is None and cwd not in sys.path:
+    (or one the plugin itself imports) is one line that names it. Each level of a dotted name
+    is located (without running it) and checked before it is imported (:func:`_check_code`)."""
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise UserError(f"{flag} {spec.text}: {name!r} is neither a module name nor a .py file")
+    cwd = os.getcwd()
+    if parts[0] not in sys.modules and cwd not in sys.path and _find(parts[0]) is None:
         sys.path.append(cwd)  # `pyro-vae` (a console script) does not search the working dir
-    found = importlib.util.find_spec(top)  # locates the top-level module without running it
-    if found is not None:
-        places = [found.origin] if found.has_location and found.origin else []
-        places += list(found.submodule_search_locations or [])
-        _refuse_run_folder_code([Path(p) for p in places], flag, spec)
+    where, places = None, []
     try:
-        return importlib.import_module(name)
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            found = _find(prefix)  # the parent levels are imported (and were checked) by now
+            if found is None:
+                raise ModuleNotFoundError(name=prefix)
+            places = [found.origin] if found.has_location and found.origin else []
+            places += list(found.submodule_search_locations or [])
+            where = _check_code([Path(p) for p in places], flag, spec) or where
+            module = importlib.import_module(prefix)
+        _warn(where, Path(places[0]) if places else Path(name), flag, spec)
+        return module
     except ModuleNotFoundError as exc:
         missing = exc.name or name
         raise UserError(
             f"{flag} {spec.text} needs the module {missing!r}, which cannot be imported: "
             "install it, or run from the folder that holds it"
         ) from None
+    except UserError:
+        raise
     except Exception as exc:  # the plugin's own code failed while importing
         raise UserError(f"{flag} {spec.text}: importing {name} failed: {_one_line(exc)}") from None
 
 
+def _find(name: str):
+    """The spec of module ``name`` (its parent package already imported), found without
+    running it; None if there is none."""
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__spec__", None) is not None:
+        return module.__spec__
+    try:
+        return importlib.util.find_spec(name)
+    except ValueError:  # a module in sys.modules without a spec (e.g. __main__)
+        return None
+
+
 def _import_file(path: str, flag: str, spec: Spec):
     """Load a Python file as a module of its own (once per absolute path)."""
-    if _RUN_FOLDER.get() is not None and not Path(path).is_absolute():
+    opened = _OPENED.get()
+    if opened is not None and not _TRUSTED.get() and not Path(path).is_absolute():
         raise UserError(
-            f"{flag} {spec.text}: a run folder names a plugin file by a relative path; it must "
+            f"{flag} {spec.text}: {opened.what} names a plugin file by a relative path; it must "
             "be absolute (pyro-vae records it so), or the folder's own code could be run"
         )
+    where = _check_code([Path(os.path.abspath(path))], flag, spec)
+    _warn(where, Path(os.path.abspath(path)), flag, spec)
     file = Path(path).resolve()
-    _refuse_run_folder_code([file], flag, spec)
     if not file.is_file():
         raise UserError(f"{flag} {spec.text} needs the file {file}, which does not exist")
     name = f"pyro_vae_plugin_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
@@ -228,8 +334,13 @@ def _import_file(path: str, flag: str, spec: Spec):
 
 
 def _load_entry_point(entry_point, flag: str, spec: Spec) -> Callable:
+    """An installed name's object; its module is checked like any import (an opened folder on
+    ``sys.path`` could carry a package's metadata that points into itself)."""
     try:
+        _import(entry_point.module, flag, spec)
         return entry_point.load()
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"{flag} {spec.text}: the installed plugin {entry_point.value} failed to load: "
@@ -289,6 +400,22 @@ def check_spec(
     factory = _factory(spec, kind, flag, builtins, expect)
     _arguments(factory, spec, flag, dict.fromkeys(context_names))
     return factory
+
+
+def builtin_arguments(
+    text: str, builtins: Mapping[str, Callable], flag: str, context_names: Collection[str]
+) -> tuple[str, dict[str, object]] | None:
+    """For a spec that names a built-in factory: its name and the arguments the spec gives it
+    (the context left out), found without building or importing anything; None for any other
+    spec, or one that its own check will refuse."""
+    try:
+        spec = parse_spec(text, flag)
+        if spec.is_import or spec.target not in builtins:
+            return None
+        kwargs = _arguments(builtins[spec.target], spec, flag, dict.fromkeys(context_names))
+    except UserError:
+        return None
+    return spec.target, {k: v for k, v in kwargs.items() if k not in context_names}
 
 
 def _factory(spec: Spec, kind: str, flag: str, builtins: Mapping[str, Callable], expect: type):

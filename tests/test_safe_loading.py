@@ -2,6 +2,7 @@
 anything the folder provides."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_fake_mnist
 from test_cli import run_main  # one line per mistake: (exit code, stderr)
 from test_schedules import small_config as schedules_config
 
@@ -162,3 +164,168 @@ def test_reloading_never_imports_code_the_run_folder_provides(fake_data_dir, tmp
             assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
             assert message in done.stderr, done.stderr
         assert not marker.exists()
+
+
+# --- issue 32: code from the run folder, by any spelling -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory) -> Path:
+    """A one-epoch run whose prior is the plugin ``Flat`` from a file outside the run."""
+    root = tmp_path_factory.mktemp("flat")
+    mine = root / "trusted" / "mine.py"
+    mine.parent.mkdir()
+    mine.write_text(PLUGIN.format(marker=str(root / "trusted-ran")))
+    data = make_fake_mnist(root / "data")
+    fit(small_config(data, root / "run", prior=f"{mine}:Flat", eval_every=0))
+    return root / "run"
+
+
+@pytest.fixture
+def shared(flat_run, tmp_path, monkeypatch) -> Path:
+    """``W/runs/shared``: a copy of that run that carries ``evil.py``, whose top-level code
+    writes ``W/marker``; the working directory is ``W``, first on ``sys.path`` (as under
+    ``python -m``). Modules of the test's names are forgotten before and after."""
+    work = tmp_path / "W"
+    run = work / "runs" / "shared"
+    shutil.copytree(flat_run, run)
+    (run / "evil.py").write_text(PLUGIN.format(marker=str(work / "marker")))
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    forget_modules()
+    yield run
+    forget_modules()
+
+
+def forget_modules() -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("runs", "evil", "lib", "link")]:
+        del sys.modules[name]
+
+
+def name_prior(run: Path, prior: str, **more) -> None:
+    """Make config.json and the checkpoint name ``prior`` (what an attacker edits)."""
+    config = json.loads((run / "config.json").read_text())
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    config |= {"prior": prior, **more}
+    state["config"] |= {"prior": prior, **more}
+    (run / "config.json").write_text(json.dumps(config))
+    torch.save(state, run / "checkpoint.pt")
+
+
+def test_a_dotted_module_through_a_namespace_package_runs_in_no_command(shared, capsys):
+    """``runs.shared.evil``: ``runs`` is a namespace package outside the run folder, but the
+    module's file lies inside it; every command refuses before any level is imported."""
+    name_prior(shared, "runs.shared.evil:Flat")
+    for argv in [
+        ["evaluate", "runs/shared", "--iw-samples", "2"],
+        ["plot", "runs/shared"],
+        ["train", "--resume", "runs/shared", "--epochs", "2"],
+        ["fit-prior", "runs/shared"],
+    ]:
+        code, err = run_main(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, (argv, err)
+        assert "refusing to import" in err and "the run folder runs/shared provides" in err, err
+    with pytest.raises(UserError, match="refusing to import"):
+        load_vae("runs/shared")
+    assert not Path("marker").exists()
+
+
+def test_every_spelling_of_code_inside_the_folder_is_refused(shared):
+    """Absolute and relative paths, ``..``, a dotted module, and links into the folder from
+    outside it (a file and a folder): the file that would run lies inside, so nothing runs."""
+    work = shared.parent.parent
+    (work / "lib.py").symlink_to(shared / "evil.py")
+    (work / "link").symlink_to(shared, target_is_directory=True)
+    (shared / "sub").mkdir()
+    spellings = [
+        f"{shared}/evil.py:Flat",
+        f"{shared}/sub/../evil.py:Flat",
+        "runs/shared/evil.py:Flat",
+        "runs/../runs/shared/evil.py:Flat",
+        "runs.shared.evil:Flat",
+        "lib:Flat",
+        f"{work}/lib.py:Flat",
+        "link.evil:Flat",
+        "..runs.shared.evil:Flat",
+    ]
+    for spec in spellings:
+        name_prior(shared, spec)
+        with pytest.raises(UserError) as refused:
+            load_vae(str(shared))
+        assert (
+            "refusing" in str(refused.value)
+            or "relative path" in str(refused.value)
+            or ("neither a module name" in str(refused.value))
+        ), (spec, refused.value)
+        assert not (work / "marker").exists(), spec
+
+
+def test_a_package_the_run_folder_installs_on_sys_path_is_refused(shared, monkeypatch):
+    """A run folder that is on ``sys.path`` (the working directory under ``python -m``) and
+    ships package metadata whose entry point names its own module: refused as well."""
+    info = shared / "evil-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pyro_vae.priors]\nflat = evil:Flat\n")
+    monkeypatch.syspath_prepend(str(shared))
+    name_prior(shared, "flat")
+    with pytest.raises(UserError, match="refusing to import .*evil.py"):
+        load_vae(str(shared))
+    assert not (shared.parent.parent / "marker").exists()
+
+
+def test_a_config_file_from_a_run_folder_cannot_import_its_plugin(shared, capsys):
+    """``--config RUN/config.json`` (the README's way to repeat a run) naming a plugin file
+    inside RUN by absolute path, relative path or dotted module: refused, no folder made."""
+    flags = ["train", "--config", "runs/shared/config.json", "--out", "again", "--quiet"]
+    for spec in [f"{shared}/evil.py:Flat", "runs/shared/evil.py:Flat", "runs.shared.evil:Flat"]:
+        name_prior(shared, spec)
+        code, err = run_main(capsys, *flags)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "the folder of --config runs/shared" in err, err
+    assert not Path("marker").exists() and not Path("again").exists()
+    recipe = Path("trusting.toml")
+    recipe.write_text("trust-plugins = true\n")
+    code, err = run_main(capsys, "train", "--config", str(recipe))
+    assert code == 2 and "is given on the command line only" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_user_may_name_the_plugin_again_or_trust_the_folder(shared, capsys):
+    """The two ways in: the same spec on the command line (resume, --config), or
+    --trust-plugins (every command; ``load_vae(trust_plugins=True)``); either way one warning
+    line says where the code lies. A folder cannot trust itself (its config.json saying so is
+    ignored)."""
+    spec = f"{shared}/evil.py:Flat"
+    name_prior(shared, spec, trust_plugins=True)
+    marker = Path("marker")
+    code, err = run_main(capsys, "evaluate", "runs/shared", "--iw-samples", "2")
+    assert code == 2 and "refusing to import" in err and not marker.exists()
+    code, err = run_main(capsys, "evaluate", "runs/shared", "--iw-samples", "2", "--trust-plugins")
+    assert code == 0 and marker.exists(), err
+    assert err.count("\n") == 1 and "imports" in err and "lies inside the run folder" in err, err
+    # the module is loaded now (it runs once per process): what follows shows it is let in
+    assert load_vae("runs/shared", trust_plugins=True)[0].prior.loc.shape == (2,)
+    argv = ["train", "--resume", "runs/shared", "--epochs", "2", "--quiet", "--prior", spec]
+    code, err = run_main(capsys, *argv)
+    assert code == 0 and len((shared / "metrics.csv").read_text().splitlines()) == 3, err
+    flags = ["train", "--config", "runs/shared/config.json", "--quiet"]
+    code, err = run_main(capsys, *flags, "--out", "again", "--prior", "runs/shared/evil.py:Flat")
+    assert code == 0 and Path("again/checkpoint.pt").is_file(), err
+    code, err = run_main(capsys, *flags, "--out", "trusted", "--trust-plugins")
+    assert code == 0 and "lies inside the folder of --config runs/shared" in err, err
+
+
+def test_a_module_beside_the_run_folder_runs_with_a_warning(shared, capsys):
+    """The documented case: a module in the working directory next to the run folder is
+    imported (it is on the user's sys.path), and one warning line says where it lies."""
+    run = shutil.copytree(shared, shared.parent.parent / "run")
+    shutil.move(run / "evil.py", run.parent / "evil.py")
+    name_prior(run, "evil:Flat")
+    code, err = run_main(capsys, "evaluate", "run", "--iw-samples", "2")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning == [
+        f"pyro-vae: warning: --prior evil:Flat imports {run.parent / 'evil.py'}, which lies "
+        "beside the run folder run"
+    ], err

@@ -30,9 +30,11 @@ from pyro_vae.models.likelihoods import (
 )
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
-from pyro_vae.runs.config import ALGOS, TrainConfig
+from pyro_vae.plugins import from_run_folder, trusting
+from pyro_vae.runs.config import ALGOS, PART_FIELDS, SEEDS, TrainConfig, check_parts
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import CHECKPOINTS
+from pyro_vae.runs.limits import is_out_of_memory, memory_detail
 
 __all__ = [
     "main",
@@ -100,6 +102,11 @@ non_negative_int = _number(int, lambda v: v >= 0, " non-negative integer")
 positive_float = _number(float, lambda v: v > 0, " positive number")
 non_negative_float = _number(float, lambda v: v >= 0, " non-negative number")
 open_unit_float = _number(float, lambda v: 0 < v < 1, " number in (0, 1)")
+seed_int = _number(int, lambda v: v in SEEDS, f" seed (an integer in 0..{SEEDS[-1]})")
+TRUST_HELP = (
+    "import the plugins that the folder being opened names even when they lie inside it "
+    "(its own Python files): only for a folder whose code you have read (docs/reliability.md)"
+)
 
 
 def spec_type(parse: Callable[[str], object]):
@@ -361,7 +368,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "best.pt keeps the best epoch whenever there is a validation set)",
     )
     train.add_argument(
-        "--seed", type=int, default=d.seed, help="seeds data order, binarization and draws"
+        "--seed", type=seed_int, default=d.seed, help="seeds data order, binarization and draws"
     )
     train.add_argument("--device", choices=DEVICES, default=d.device, help="cuda: train on the GPU")
     train.add_argument(
@@ -471,6 +478,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a run from its checkpoint with its saved settings (--epochs may grow)",
     )
+    out.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def train_parser(prog: str | None = None, description: str | None = None) -> OneLineParser:
@@ -511,14 +519,23 @@ def given_fields(argv: Sequence[str] | None = None) -> set[str]:
 
 def apply_config_file(args: argparse.Namespace, given: set[str], skip: Sequence[str] = ()) -> None:
     """Fill ``args`` from ``args.config`` (a recipe or a run's config.json), except the
-    settings ``given`` on the command line and those in ``skip``."""
+    settings ``given`` on the command line and those in ``skip``. The parts the file names are
+    resolved as the folder of the file provides them: a plugin inside that folder is refused
+    unless ``--trust-plugins`` (docs/reliability.md, threat model)."""
     if args.config is None:
         return
     if args.resume is not None:
         raise UserError("--config starts a new run; --resume continues one with its own settings")
-    for name, value in read_config_file(args.config).items():
-        if name not in given and name not in skip:
-            setattr(args, name, list(value) if name == "hidden_dims" else value)
+    taken = {
+        name: value
+        for name, value in read_config_file(args.config).items()
+        if name not in given and name not in skip
+    }
+    folder = Path(args.config).parent
+    with trusting(args.trust_plugins), from_run_folder(folder, f"the folder of --config {folder}"):
+        check_parts({name: spec for name, spec in taken.items() if name in PART_FIELDS})
+    for name, value in taken.items():
+        setattr(args, name, list(value) if name == "hidden_dims" else value)
 
 
 def _flag(name: str) -> str:
@@ -563,7 +580,16 @@ def run_cli(job: Callable[[], object]) -> int:
     except Stopped as exc:  # outside a training loop: nothing to save
         print(f"pyro-vae: stopped by {exc.name}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(
+            f"pyro-vae: error: out of memory ({memory_detail(exc)}); choose smaller sizes "
+            "(--batch-size, --num-particles, --z-dim, --hidden-dims, --iw-samples)",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:  # outside a training loop: nothing to save
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
     return 0
@@ -732,6 +758,7 @@ def add_posthoc_commands(commands) -> None:
             metavar="DIR",
             help="write the results here instead of into RUN_DIR (which is then only read)",
         )
+        sub.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def add_fit_prior_command(commands) -> None:
@@ -755,10 +782,11 @@ def add_fit_prior_command(commands) -> None:
         "--batch-size", type=positive_int, default=128, help="code grids per gradient step"
     )
     fit_prior.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
-    fit_prior.add_argument("--seed", type=int, default=0, help="seeds the prior's training")
+    fit_prior.add_argument("--seed", type=seed_int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
     fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    fit_prior.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
@@ -800,17 +828,15 @@ def command_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = command_parser().parse_args(argv)
-    if args.command == "train":
-        return run_cli(lambda: _train(config_from_args(args, argv)))
-    if args.command == "compare":
-        return run_cli(lambda: run_compare(args, argv))
-    if args.command == "evaluate":
-        return run_cli(lambda: _evaluate(args))
-    if args.command == "plot":
-        return run_cli(lambda: _plot(args))
-    if args.command == "fit-prior":
-        return run_cli(lambda: _fit_prior(args))
-    return 2  # unreachable: argparse rejects unknown commands
+    jobs = {
+        "train": lambda: _train(config_from_args(args, argv)),
+        "compare": lambda: run_compare(args, argv),
+        "evaluate": lambda: _evaluate(args),
+        "plot": lambda: _plot(args),
+        "fit-prior": lambda: _fit_prior(args),
+    }
+    with trusting(args.trust_plugins):  # --trust-plugins: every command has it
+        return run_cli(jobs[args.command])
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ DATASETS = ("mnist", "fashion-mnist", "moving-mnist")
 SEQUENCE_DATASETS = ("moving-mnist",)
 BINARIZATIONS = ("dynamic", "static", "none")
 ENV_VAR = "PYRO_VAE_DATA_DIR"
+IMAGE_SHAPE = (28, 28)  # every built-in data set's images (MNIST and Fashion-MNIST)
 # Fixed seed for binarizing held-out splits under dynamic binarization: the same test set for
 # every run, whatever --seed is.
 EVAL_BINARIZATION_SEED = 20160601
@@ -113,8 +114,19 @@ def load_images(name: str, train: bool, data_dir: str | None = None, labels: boo
         action = "download" if may_download else "read"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"could not {action} {name} into {where} ({reason}); {hint}") from None
+    prefix = "train" if train else "t10k"
     if images.dim() != 3 or images.dtype != torch.uint8 or images.shape[0] == 0:
         raise UserError(f"{where} does not hold {name} images (got shape {tuple(images.shape)})")
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise UserError(
+            f"{where}/{prefix}-images-idx3-ubyte holds {images.shape[1]}x{images.shape[2]} "
+            f"images; {name} images are {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}; {hint}"
+        )
+    if split.targets.dim() != 1 or len(split.targets) != len(images):
+        raise UserError(
+            f"{where}/{prefix}-labels-idx1-ubyte holds {len(split.targets)} labels for "
+            f"{len(images)} images in {prefix}-images-idx3-ubyte; {hint}"
+        )
     if labels:
         return images.reshape(images.shape[0], -1).float().div_(255.0), split.targets.long()
     return images.reshape(images.shape[0], -1).float().div_(255.0)
@@ -212,7 +224,7 @@ def load_data(
         train=train,
         test=test,
         val=val,
-        image_shape=(28, 28),
+        image_shape=IMAGE_SHAPE,
         binarize=binarize,
         test_labels=test_labels,
         seq_len=seq_len if dataset in SEQUENCE_DATASETS else 1,

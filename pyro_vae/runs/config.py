@@ -8,6 +8,8 @@ log-likelihoods; Adam with lr 1e-3 and batch 128 are the usual choices for this 
 
 import dataclasses
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +28,38 @@ from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_sc
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import check_prior_spec
 from pyro_vae.models.vae import VAE
-from pyro_vae.plugins import absolute_file_spec, from_run_folder
+from pyro_vae.plugins import absolute_file_spec, from_run_folder, trusting
+from pyro_vae.runs.config_file import COMMAND_LINE_ONLY, checked_setting
+from pyro_vae.runs.limits import check_memory
 from pyro_vae.runs.tensorboard import check_available as check_tensorboard
 
-__all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE"]
+__all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE", "PART_FIELDS", "SEEDS", "check_parts"]
 
 ALGOS = ("svi", "em", "mcem")
 #: Training images held out for validation when ``--e-rule aggressive`` is asked for without
 #: ``--val-size`` (the rule watches the mutual information on them).
 AGGRESSIVE_VAL_SIZE = 1000
+#: The settings that name a part by a spec (a built-in name or a plugin; pyro_vae/plugins.py).
+PART_FIELDS = ("model", "likelihood", "prior", "encoder", "decoder")
+#: The seeds numpy accepts (``--seed``).
+SEEDS = range(2**32)
+
+
+def check_parts(specs: Mapping[str, str | None]) -> None:
+    """Resolve the part specs among ``specs`` (a :data:`PART_FIELDS` name to its spec; others
+    are ignored): an unknown name, a missing module or a plugin that an opened folder may not
+    import is a :class:`UserError` here, before any data is read."""
+    for name, spec in specs.items():
+        if spec is None or name not in PART_FIELDS:
+            continue
+        if name == "model":
+            model_class(spec)
+        elif name == "likelihood":
+            check_likelihood_spec(spec)
+        elif name == "prior":
+            check_prior_spec(spec)
+        else:
+            check_network_spec(spec, name)
 
 
 @dataclass
@@ -118,13 +143,22 @@ class TrainConfig:
     checkpoint_every: int = 1
     tensorboard: bool = False  # also log to RUN/tensorboard (pyro_vae/runs/tensorboard.py)
     resume: str | None = None  # a run folder to continue (see pyro_vae/runs/resume.py)
+    # import the plugins that the resumed run folder names even from inside itself; given on
+    # the command line only, never recorded (docs/reliability.md, threat model)
+    trust_plugins: bool = False
 
-    def validate(self) -> "TrainConfig":
-        """Reject inconsistent settings with a :class:`UserError`; returns self.
+    def validate(self, training: bool = True) -> "TrainConfig":
+        """Reject inconsistent settings with a :class:`UserError`; returns self. Flags, recipes,
+        a run's config.json and a checkpoint's settings all pass here before anything is
+        built: types first, then values, then sizes that cannot fit in memory
+        (:func:`~pyro_vae.runs.limits.check_memory`), then the parts' specs. ``training``:
+        also check what only training needs (TensorBoard, CUDA, torchrun); ``False`` for a
+        run that is only loaded.
 
         One setting is filled in rather than refused: ``--e-rule aggressive`` without
         ``--val-size`` holds out :data:`AGGRESSIVE_VAL_SIZE` training images for validation.
         """
+        self._check_types()
         self._check_data_files()
         choices = {
             "dataset": DATASETS if not is_data_file(self.dataset) else (self.dataset,),
@@ -174,7 +208,7 @@ class TrainConfig:
                 )
         if self.early_stopping is not None and not self.early_stopping > 0:
             raise UserError("--early-stopping must be a positive number of epochs")
-        if self.tensorboard:
+        if self.tensorboard and training:
             check_tensorboard()
         if self.activation != "relu" and self.arch != "mlp":
             raise UserError(f"--activation applies to --arch mlp, not --arch {self.arch}")
@@ -182,7 +216,9 @@ class TrainConfig:
             raise UserError("--mc-eval-samples must be at least 2 (a proposal's spread needs two)")
         if min(self.mc_warmup, self.mc_eval_warmup) < 0 or not 0 < self.mc_target_accept < 1:
             raise UserError("--mc-warmup must be >= 0 and --mc-target-accept in (0, 1)")
-        if self.algo == "mcem" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if self.seed not in SEEDS:
+            raise UserError(f"--seed must lie in 0..{SEEDS[-1]}, got {self.seed}")
+        if training and self.algo == "mcem" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("--algo mcem runs in one process; launch it without torchrun")
         if self.algo == "mcem" and self.prior.startswith("vamp"):
             raise UserError("--algo mcem trains no encoder, which the VampPrior is built from")
@@ -192,7 +228,8 @@ class TrainConfig:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
             raise UserError("--hidden-dims needs one or more positive layer widths")
-        self._check_plugins()
+        check_memory(self, training)
+        self._check_plugins(training)
         parse_gaussian_scale(self.gaussian_scale)
         if self.corrupt is not None:
             parse_corruption(self.corrupt)
@@ -226,7 +263,8 @@ class TrainConfig:
                 "a Bernoulli likelihood needs binary data: use --binarize dynamic|static, "
                 "or --likelihood gaussian for intensities in [0, 1]"
             )
-        check_device(self.device)
+        if training:
+            check_device(self.device)
         return self
 
     def _check_data_files(self) -> None:
@@ -249,21 +287,31 @@ class TrainConfig:
             if not 2 <= len(self.image_shape) <= 3 or min(self.image_shape) <= 0:
                 raise UserError("--image-shape takes H W or 1 H W, positive")
 
-    def _check_plugins(self) -> None:
+    def _check_plugins(self, training: bool) -> None:
         """Check every part's spec (imports plugins: a missing module fails here, before any
-        data is read); file paths are made absolute so that the run reloads from anywhere. The
-        specs of a resumed run are those of its config.json, checked as such
-        (:func:`~pyro_vae.plugins.from_run_folder`)."""
-        for name in ("model", "likelihood", "prior", "encoder", "decoder"):
-            if getattr(self, name) is not None and self.resume is None:
-                setattr(self, name, absolute_file_spec(getattr(self, name)))
-        with from_run_folder(self.resume):  # a resumed run's specs come from its config.json
-            model_class(self.model)
-            check_likelihood_spec(self.likelihood)
-            check_prior_spec(self.prior)
-            for kind in ("encoder", "decoder"):
-                if getattr(self, kind) is not None:
-                    check_network_spec(getattr(self, kind), kind)
+        data is read). A new run's file paths are made absolute so that the run reloads from
+        anywhere. The specs of a resumed run are those of its config.json, checked as such
+        (:func:`~pyro_vae.plugins.from_run_folder`); those of a run being loaded
+        (``training=False``) are checked in the folder its loader opened, never in one its
+        settings name."""
+        parts = {name: getattr(self, name) for name in PART_FIELDS}
+        if not training:
+            check_parts(parts)
+            return
+        if self.resume is None:
+            parts = {name: spec and absolute_file_spec(spec) for name, spec in parts.items()}
+            for name, spec in parts.items():
+                setattr(self, name, spec)
+        # a resumed run's specs come from its config.json
+        with trusting(self.trust_plugins), from_run_folder(self.resume):
+            check_parts(parts)
+
+    def _check_types(self) -> None:
+        """Every field holds a value of its type (a number where a number belongs, ...);
+        integers become floats where a float belongs, a list of widths a tuple."""
+        hints = typing.get_type_hints(TrainConfig)
+        for name in hints:
+            setattr(self, name, checked_setting("", name, getattr(self, name), hints[name]))
 
     def _check_model_fields(self) -> None:
         """A setting that only another model reads (its ``own_fields``) is refused."""
@@ -274,17 +322,28 @@ class TrainConfig:
                     raise UserError(f"{flag} applies to --model {name}, not --model {self.model}")
 
     def to_dict(self) -> dict:
+        """The settings as config.json and checkpoints record them (what only the command line
+        gives, such as ``trust_plugins``, left out)."""
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
         if self.image_shape is not None:
             d["image_shape"] = list(self.image_shape)
+        for name in COMMAND_LINE_ONLY:
+            del d[name]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        for name in ("hidden_dims", "image_shape"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = tuple(kwargs[name])
+    def from_dict(cls, d: Mapping, source: str = "the saved settings") -> "TrainConfig":
+        """Settings as :meth:`to_dict` wrote them (a run's config.json, a checkpoint's), each
+        checked against its field's type: a wrong type is a :class:`UserError` naming the
+        setting and ``source``. Unknown keys and command-line-only settings are ignored.
+        :meth:`validate` checks the values."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"{source} does not hold a table of settings")
+        hints = typing.get_type_hints(cls)
+        kwargs = {
+            key: checked_setting(source, key, value, hints[key])
+            for key, value in d.items()
+            if key in hints and key not in COMMAND_LINE_ONLY
+        }
         return cls(**kwargs)

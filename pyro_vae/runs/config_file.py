@@ -8,11 +8,15 @@ record of where it lived (``out``, ``resume``, ``overwrite``) and of the library
 out. Settings merge in one order: the defaults, then the file, then the flags given on the
 command line.
 
-Every value is checked against the field's type here, so a mistake in a file is one line that
-names the file and the setting, before anything runs.
+Every value is checked against the field's type here (:func:`checked_setting`, which also checks
+the settings of a run's config.json and checkpoint when a run is resumed or loaded), so a mistake
+in a file is one line that names the file and the setting, before anything runs. A file cannot
+hold ``trust_plugins``: trusting a folder's code is said on the command line only.
 """
 
 import json
+import numbers
+import os
 import sys
 import types
 import typing
@@ -26,10 +30,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["read_config_file", "RUN_RECORD"]
+__all__ = ["read_config_file", "checked_setting", "RUN_RECORD", "COMMAND_LINE_ONLY"]
 
 #: What a run's config.json records beside its settings: not carried over by ``--config``.
 RUN_RECORD = ("out", "resume", "overwrite", "versions")
+#: Settings that only the command line (or Python) gives: never read from a file, never recorded.
+COMMAND_LINE_ONLY = ("trust_plugins",)
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -40,9 +46,13 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     is_json = path.suffix == ".json"
     try:  # a regular file of a settings file's size (a FIFO or a huge file: one line)
-        text = read_file(path, "config.json" if is_json else "recipe").decode()
+        text = read_file(path, "config.json" if is_json else "recipe").decode("utf-8")
     except OSError as exc:
         raise UserError(f"--config {path}: {exc.strerror.lower()}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"--config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     try:
         raw = json.loads(text) if is_json else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -57,6 +67,11 @@ def read_config_file(path: str | Path) -> dict:
             continue
         if isinstance(value, dict):
             raise UserError(f"--config {path}: [{key}] is a table; write settings at the top level")
+        if name in COMMAND_LINE_ONLY:
+            raise UserError(
+                f"--config {path}: {key!r} is given on the command line only; a file cannot "
+                "vouch for its own plugins"
+            )
         if name in RUN_RECORD[:3]:
             raise UserError(
                 f"--config {path}: {key!r} says where a run lives, not what it trains; give "
@@ -64,29 +79,43 @@ def read_config_file(path: str | Path) -> dict:
             )
         if name not in hints:
             raise UserError(f"--config {path}: unknown setting {key!r} (a train flag's name)")
-        settings[name] = _checked(path, key, value, hints[name])
+        settings[name] = checked_setting(f"--config {path}", key, value, hints[name])
     return settings
 
 
-def _checked(path: Path, key: str, value, hint) -> object:
-    """``value`` as the field's type, or a :class:`UserError` naming the setting."""
+def checked_setting(source: str, key: str, value, hint) -> object:
+    """``value`` as the type ``hint`` of a TrainConfig field, or a :class:`UserError` that names
+    the setting and where it was read (``source``: "--config FILE", "RUN/config.json", ...; an
+    empty source names the flag)."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for kind in options:
         if kind is type(None) and value is None:
             return None
         if kind is bool and isinstance(value, bool):
             return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if kind is int and _integer(value):
+            return int(value)
+        if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-        if typing.get_origin(kind) is tuple and isinstance(value, list):
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return tuple(value)
+        if kind is str and isinstance(value, str | os.PathLike):  # a Path given in Python
+            return os.fspath(value)
+        if typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
+            if all(_integer(v) for v in value):
+                return tuple(int(v) for v in value)
     wanted = " or ".join(_TYPE_NAMES.get(kind, "a list of integers") for kind in options)
-    raise UserError(f"--config {path}: {key} must be {wanted}, got {value!r}")
+    where = f"{source}: {key}" if source else "--" + key.replace("_", "-")
+    raise UserError(f"{where} must be {wanted}, got {_shown(value)}")
+
+
+def _integer(value) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    """A value for a message: its repr, cut short (a file may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _TYPE_NAMES = {

@@ -50,11 +50,12 @@ from pyro_vae.infer.posterior_sampling import ChainSettings, PosteriorEncoder
 from pyro_vae.infer.schedules import EpochSchedule
 from pyro_vae.infer.svi import KLWarmup, SVITrainer
 from pyro_vae.models import LatentModel, model_class
-from pyro_vae.plugins import from_run_folder
+from pyro_vae.plugins import from_run_folder, trusting
 from pyro_vae.runs.config import TrainConfig
 from pyro_vae.runs.early_stopping import BestEpoch
 from pyro_vae.runs.files import FolderLock, WriteFailed
-from pyro_vae.runs.folder import Run, default_run_dir
+from pyro_vae.runs.folder import CHECKPOINTS, Run, default_run_dir
+from pyro_vae.runs.limits import allocating
 from pyro_vae.runs.resume import restore, rng_states
 from pyro_vae.runs.tensorboard import Board
 
@@ -100,7 +101,8 @@ def setup(
     data = run_data(config)
     if data.test_split is not None:  # a data file's held-out test set: config.json says so
         config.test_split = data.test_split
-    with from_run_folder(config.resume):  # a resumed run's parts are named by its config.json
+    # a resumed run's parts are named by its config.json
+    with trusting(config.trust_plugins), from_run_folder(config.resume), allocating("the model"):
         vae = _build(config, data.data_dim, prior, data.image_shape)
     prepare_model(vae, data, config)
     check_run_data(vae, data)
@@ -557,6 +559,7 @@ def load_vae(
     state: dict | None = None,
     checkpoint: str = "last",
     data: ImageData | None = None,
+    trust_plugins: bool = False,
 ) -> tuple[LatentModel, TrainConfig]:
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
@@ -565,28 +568,34 @@ def load_vae(
     checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
     (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO); ``data``: the
     run's data if already loaded (a model of your own is prepared on it, else it is loaded).
+    The checkpoint's settings are checked as flags are (:meth:`TrainConfig.validate`) before
+    anything is built. A plugin that lies inside the run folder is imported only with
+    ``trust_plugins=True`` (the ``--trust-plugins`` flag; :func:`pyro_vae.plugins.trusting`).
     """
     state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
-    try:
-        config = TrainConfig.from_dict(state["config"])
-    except (TypeError, ValueError):
-        raise UserError(f"the configuration in {run_dir}'s checkpoint is unreadable") from None
+    source = f"the settings in {Path(run_dir) / CHECKPOINTS[checkpoint]}"
+    if "config" not in state:
+        raise UserError(f"{source} are missing")
+    config = TrainConfig.from_dict(state["config"], source)
     if config.prior == "custom" and prior is None:
         raise UserError(
             f"{run_dir} was trained with a prior module given in Python; pass "
             "load_vae(..., prior=...), or train with --prior module:Class so that every command "
             "can rebuild it"
         )
-    if data is None and is_data_file(config.dataset):  # its images' shape is in the file
-        data = run_data(config)
-    image_shape = data.image_shape if data is not None else (28, 28)
     try:
-        with from_run_folder(run_dir):
-            vae = _build(config, state["data_dim"], prior, image_shape)
+        with trusting(trust_plugins), from_run_folder(run_dir), allocating("the model"):
+            config.validate(training=False)
+            if data is None and is_data_file(config.dataset):  # its images' shape is there
+                data = run_data(config)
+            image_shape = data.image_shape if data is not None else (28, 28)
+            vae = _build(config, int(state["data_dim"]), prior, image_shape)
             if vae.needs_example:
                 prepare_model(vae, data or run_data(config), config)
     except UserError as exc:  # a plugin that no longer imports, a model this version lacks
         raise UserError(f"cannot rebuild the model of {run_dir}: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{run_dir}'s checkpoint does not say how large its data is") from None
     try:
         vae.load_state_dict(state["vae"])
     except RuntimeError:

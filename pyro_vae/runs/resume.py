@@ -23,7 +23,7 @@ from pyro_vae import distributed
 from pyro_vae.data.images import recorded_data_dir
 from pyro_vae.errors import UserError
 from pyro_vae.plugins import absolute_file_spec
-from pyro_vae.runs.config import TrainConfig
+from pyro_vae.runs.config import PART_FIELDS, TrainConfig, check_parts
 from pyro_vae.runs.folder import Run
 
 __all__ = ["resume_config", "restore", "rng_states", "set_rng_states"]
@@ -37,6 +37,7 @@ ADJUSTABLE = (
     "checkpoint_every",
     "early_stopping",
     "tensorboard",
+    "trust_plugins",
 )
 NOT_SETTINGS = ("resume", "out", "overwrite")
 
@@ -44,7 +45,9 @@ NOT_SETTINGS = ("resume", "out", "overwrite")
 def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
     """The saved config of ``requested.resume``, with the adjustable flags the user ``given``.
 
-    A given flag that differs from the saved setting is a :class:`UserError`.
+    A given flag that differs from the saved setting is a :class:`UserError`, and so is a saved
+    setting that a flag could not give (checked as flags are, before anything is built). A
+    part named again by a flag is the user's: its plugin may lie inside the run folder.
     """
     run = Run(requested.resume)
     if not run.checkpoint_path.exists() and not run.checkpoint_path.is_symlink():
@@ -68,7 +71,11 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
             setattr(saved, name, getattr(requested, name))
     saved.resume = saved.out = str(run.path)
     saved.overwrite = False
-    return saved
+    check_parts({name: getattr(requested, name) for name in given & set(PART_FIELDS)})
+    try:
+        return saved.validate()
+    except UserError as exc:
+        raise UserError(f"the saved settings of {run.path}: {exc}") from None
 
 
 def _refuse_without_checkpoint(run: Run) -> None:
@@ -95,15 +102,18 @@ def _saved_config(run: Run) -> TrainConfig:
     """The run's settings from config.json; if that is missing or damaged, from the checkpoint
     (which holds them too), saying so: config.json is rewritten when training starts."""
     try:
-        return TrainConfig.from_dict(run.read_config())
-    except (OSError, ValueError, TypeError):
+        settings = run.read_config()
+    except (OSError, ValueError):
         pass
+    else:
+        return TrainConfig.from_dict(settings, str(run.config_path))
     try:
-        saved = TrainConfig.from_dict(run.load_checkpoint()["config"])
-    except (UserError, KeyError, ValueError, TypeError):
+        settings = run.load_checkpoint()["config"]
+    except (UserError, KeyError, TypeError):
         raise UserError(
             f"--resume {run.path}: config.json is damaged and the checkpoint cannot replace it"
         ) from None
+    saved = TrainConfig.from_dict(settings, f"the settings in {run.checkpoint_path}")
     print(
         f"{run.config_path} is missing or damaged; the run's settings are taken from "
         f"{run.checkpoint_path.name}, and config.json is rebuilt",
