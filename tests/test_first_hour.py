@@ -83,3 +83,21 @@ def test_the_evaluation_table_lines_up_with_the_not_applicable_rows():
 def test_evaluate_refuses_bad_numbers_before_loading_anything(flags, tmp_path, capsys):
     code, err = run_main(capsys, "evaluate", str(tmp_path), *flags)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_config_json_holds_the_settings_the_model_reads(fake_data_dir, tmp_path):
+    """A VAE run records no VQ-VAE, TD-VAE or sparse-AE setting; a VQ-VAE run records its own
+    and none of the others'; both still repeat with --config and resume."""
+    vae = fit(small_config(fake_data_dir, tmp_path / "vae", epochs=1)).read_config()
+    assert "z_dim" in vae and not {"codebook_size", "max_jump", "sparsity"} & set(vae)
+    vq = fit(
+        small_config(fake_data_dir, tmp_path / "vq", epochs=1, model="vqvae", codebook_size=8)
+    ).read_config()
+    assert vq["codebook_size"] == 8 and not {"max_jump", "sparsity"} & set(vq)
+    assert run_main_ok("train", "--resume", str(tmp_path / "vq"), "--epochs", "2")
+
+
+def run_main_ok(*argv: str) -> bool:
+    from pyro_vae.cli.main import main
+
+    return main(list(argv)) == 0

@@ -72,6 +72,10 @@ def test_pyro_example_vae_trains_evaluates_plots(fake_data_dir, tmp_path, algo, 
     assert {"curves.png", "reconstructions.png", "samples.png", "latent.png"} <= figures
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == VAE_SPEC
+    # only what the run used: no model setting of the library's, no other model's own
+    unread = {"z_dim", "hidden_dims", "prior", "likelihood", "arch", "codebook_size", "max_jump"}
+    assert not unread & set(config), unread & set(config)
+    assert run("train", "--config", out / "config.json", "--out", tmp_path / "again") == 0
 
 
 def test_em_converge_and_aggressive_rules(fake_data_dir, tmp_path):

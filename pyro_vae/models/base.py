@@ -87,6 +87,9 @@ class LatentModel(nn.Module):
     metrics: tuple[str, ...] = ()
     not_applicable: dict[str, str] = {}
     own_fields: tuple[str, ...] = ()
+    #: Settings of the library's models this model does not read at all (beside the other
+    #: models' ``own_fields``): refused when given, left out of config.json.
+    unread_fields: tuple[str, ...] = ()
     sequences: bool = False  # a model of sequences (flat (N, T * D) data) rather than images
     needs_example: bool = False  # prepare() must see data before the parameter groups exist
 

@@ -175,6 +175,7 @@ class PyroProgramModel(LatentModel):
             self.prepare(example, point_shape, image_shape)
 
     needs_example = True
+    unread_fields = MODEL_FIELDS
 
     # --- the run system ------------------------------------------------------------------------
     @classmethod

@@ -332,6 +332,15 @@ class TrainConfig:
             del d[name]
         return d
 
+    def record(self, model: type) -> dict:
+        """:meth:`to_dict` without the settings ``model`` (the run's model class) does not read:
+        the other models' own settings and its ``unread_fields``, so that config.json holds
+        only what the run used (reading it back gives them their defaults)."""
+        unread = set(model.unread_fields)
+        for other in MODELS.values():
+            unread |= set(other.own_fields) - set(model.own_fields)
+        return {k: v for k, v in self.to_dict().items() if k not in unread}
+
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "the saved settings") -> "TrainConfig":
         """Settings as :meth:`to_dict` wrote them (a run's config.json, a checkpoint's), each

@@ -284,7 +284,7 @@ def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
             best.load_state_dict(state.get("best", {}))
             _check_not_stopped(best, config.early_stopping)
         if main:
-            _prepare_folder(run, done, config)
+            _prepare_folder(run, done, config, type(vae))
         if config.tensorboard and main:
             board = Board(run.tensorboard_dir, done, data.image_shape)
         clock = EpochClock(done, config.epochs)
@@ -361,9 +361,10 @@ def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
     return run
 
 
-def _prepare_folder(run: Run, done: int, config: TrainConfig) -> None:
+def _prepare_folder(run: Run, done: int, config: TrainConfig, model: type) -> None:
     """A new run's folder forgets an overwritten run; a resumed run's metrics.csv keeps the
-    rows up to its checkpoint (and loses damaged lines, which it says). Then config.json."""
+    rows up to its checkpoint (and loses damaged lines, which it says). Then config.json, with
+    the settings ``model`` reads."""
     if not done:
         run.clear()
     dropped = run.repair_metrics(done)
@@ -373,7 +374,7 @@ def _prepare_folder(run: Run, done: int, config: TrainConfig) -> None:
             f"({'; '.join(dropped)})",
             flush=True,
         )
-    run.write_config(config.to_dict())
+    run.write_config(config.record(model))
 
 
 def _what_is_safe(exc: WriteFailed, run: Run, saved: int) -> str:
@@ -540,7 +541,7 @@ def checkpoint_state(
     """
     rng = rng_states(data_rng)
     state = {
-        "config": config.to_dict(),
+        "config": config.record(type(vae)),
         "data_dim": data.data_dim,
         "epoch": epoch,
         "vae": vae.state_dict(),
