@@ -56,6 +56,7 @@ def test_train_epoch_reports_the_mean_loss_per_datum():
     vae.model = vae.guide = None
     vae.check_data = lambda x: None
     vae.after_update = lambda model_updated: None
+    vae.check_algo = lambda algo: None
     vae.guide_parameters = lambda: iter([vae.weight])
     vae.model_parameters = lambda: iter([vae.bias])
 

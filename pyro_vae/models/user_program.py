@@ -20,7 +20,8 @@ plate. The guide samples every latent site of the model; the model observes the 
 **The split into phi and theta** comes from the programs themselves, on one batch of training
 data (:meth:`PyroProgramModel.prepare`): the guide is traced, then the model is replayed on the
 guide's samples (detached). A parameter belongs to a program when that program's trace records
-it (a ``pyro.param`` site, or the ``module$$$name`` sites ``pyro.module`` records) or when the
+it (a ``pyro.param`` site, or the parameter sites ``pyro.module`` records, named after the
+module) or when the
 program's log-density or sampled values depend on it (autograd), which also covers an
 ``nn.Module`` attribute used without ``pyro.module``. The guide's parameters are phi (SVI and the
 E-steps train them), the model's are theta (SVI and the M-steps). A parameter **both** programs

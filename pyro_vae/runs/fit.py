@@ -76,19 +76,21 @@ __all__ = [
 
 
 def setup(
-    config: TrainConfig, prior: nn.Module | None = None
+    config: TrainConfig, prior: nn.Module | None = None, new_run: bool = False
 ) -> tuple[ImageData, LatentModel, Trainer, torch.Generator]:
     """Seed every generator, load the data and build the model and its trainer.
 
     ``prior``: a prior module of the user's own (see :mod:`pyro_vae.models.priors` for the protocol)
-    used instead of ``config.prior``, which is then recorded as ``"custom"``.
+    used instead of ``config.prior``, which is then recorded as ``"custom"``. ``new_run`` (what
+    :func:`fit` passes for a run that is not resumed): check that the folder the run will write
+    is free before the data are loaded, and set ``config.out`` to it.
     """
     if prior is not None:
         config.prior = "custom"
     implied_val = config.algo == "em" and config.e_rule == "aggressive" and config.val_size == 0
     config.validate()
     distributed.init_from_env(config.device)  # joins torchrun's process group, if launched
-    if not config.resume:  # a taken --out is refused before the data load, not minutes after
+    if new_run and not config.resume:  # a taken --out: refused before the data load
         config.out = distributed.on_main(lambda: _new_run_dir(config))
     if implied_val and not config.quiet and distributed.is_main():
         print(
@@ -261,7 +263,7 @@ def fit(config: TrainConfig, prior: nn.Module | None = None) -> Run:
 
 
 def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
-    data, vae, trainer, data_rng = setup(config, prior)
+    data, vae, trainer, data_rng = setup(config, prior, new_run=True)
     schedule = EpochSchedule(config.lr_schedule, trainer.optimizers(), config.epochs)
     best = BestEpoch()
     main = distributed.is_main()  # under torchrun, only rank 0 writes the run folder
