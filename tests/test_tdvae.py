@@ -19,6 +19,7 @@ from pyro_vae.cli.main import main
 from pyro_vae.cli.posthoc import evaluate_run, plot_run
 from pyro_vae.data.images import load_data
 from pyro_vae.data.sequences import best_shift, frames, moving_digits, roll_frames
+from pyro_vae.errors import UserError
 from pyro_vae.evaluation.digits import digit_classifier
 from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
 from pyro_vae.models.likelihoods import BernoulliLikelihood
@@ -28,8 +29,8 @@ from pyro_vae.runs.folder import Run
 T, J, Z, H = 6, 2, 3, 16
 
 
-def small_tdvae() -> TDVAE:
-    return TDVAE(784, T, Z, H, H, J, BernoulliLikelihood())
+def small_tdvae(pairs: int = 2) -> TDVAE:
+    return TDVAE(784, T, Z, H, H, J, BernoulliLikelihood(), pairs_per_sequence=pairs)
 
 
 def sequences(n: int = 12, seed: int = 0) -> torch.Tensor:
@@ -73,27 +74,77 @@ def test_moving_mnist_comes_from_mnists_own_split(fake_data_dir):
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def test_trace_elbo_is_the_td_vae_loss_written_by_hand():
-    model, x = small_tdvae(), sequences()
+def replayed_sites(model: TDVAE, x: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """The guide's draws under ``seed`` (Trace_ELBO runs the guide first: the same draws)."""
+    torch.manual_seed(seed)
+    trace = pyro.poutine.trace(model.guide).get_trace(x)
+    names = ("pair", "z2_upper", "z2_lower", "z1_upper", "z1_lower")
+    return {name: trace.nodes[name]["value"] for name in names}
+
+
+def test_trace_elbo_is_the_papers_two_layer_loss_averaged_over_pairs():
+    model, x = small_tdvae(pairs=3), sequences()
     pairs, _ = time_pairs(T, J)
     torch.manual_seed(5)
     loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
-    torch.manual_seed(5)  # the guide runs first in Trace_ELBO: the same pair and noise
-    trace = pyro.poutine.trace(model.guide).get_trace(x)
-    pair, z2, z1 = (trace.nodes[name]["value"] for name in ("pair", "z2", "z1"))
-    t1, t2 = pairs[pair].unbind(-1)
+    v = replayed_sites(model, x, 5)
+    assert v["pair"].shape == (len(x), 3) and v["z1_upper"].shape == (len(x), 3, Z)
+    t1, t2 = pairs[v["pair"]].unbind(-1)
     b = model.beliefs(x)
-    rows = torch.arange(len(x))
+    rows = torch.arange(len(x))[:, None]
     b1, b2 = b[rows, t1], b[rows, t2]
-    jump = ((t2 - t1).float() / J)[:, None]
+    jump = ((t2 - t1).float() / J)[..., None]
     x2 = frames(x, 784)[rows, t2]
-    by_hand = (
+    up1, low1, up2, low2 = v["z1_upper"], v["z1_lower"], v["z2_upper"], v["z2_lower"]
+    z1, z2 = torch.cat([low1, up1], -1), torch.cat([low2, up2], -1)
+
+    def log_p(heads, h, upper, lower):  # log p(z^2 | h) + log p(z^1 | h, z^2), per pair
+        return heads.upper_dist(h).log_prob(upper).sum(-1) + heads.lower_dist(h, upper).log_prob(
+            lower
+        ).sum(-1)
+
+    smoothing_input = torch.cat([z2, b1, b2, jump], -1)
+    per_pair = (  # the paper's eq. 8, each state's density the product of its two layers'
         model.likelihood(model.decoder(z2)).log_prob(x2)
-        + model.belief(b1).log_prob(z1)
-        + model.transition(torch.cat([z1, jump], -1)).log_prob(z2)
-        - model.belief(b2).log_prob(z2)
-        - model.smoothing(torch.cat([z2, b1, b2, jump], -1)).log_prob(z1)
-    ).sum()
+        + log_p(model.belief, b1, up1, low1)
+        + log_p(model.transition, torch.cat([z1, jump], -1), up2, low2)
+        - log_p(model.belief, b2, up2, low2)
+        - log_p(model.smoothing, smoothing_input, up1, low1)
+    )
+    assert per_pair.shape == (len(x), 3)
+    assert loss.item() == pytest.approx(-per_pair.mean(1).sum().item(), rel=1e-5)
+
+
+def test_the_loss_by_hand_when_every_network_outputs_zero():
+    """T = 2, J = 1 (one pair: t1 = 0, t2 = 1) and every output layer zero: each head is
+    N(0, s^2) with s = log 2 + 1e-4, the transition N(z_t1, s^2) (a change of 0), and the
+    decoder Bernoulli(1/2); eq. 8 is then a sum of Gaussian log-densities at the guide's draws."""
+    model = TDVAE(784, 2, 2, 8, 8, 1, BernoulliLikelihood(), pairs_per_sequence=1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features in (4, 784):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    x = torch.bernoulli(torch.full((3, 2 * 784), 0.3))
+    torch.manual_seed(1)
+    loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
+    v = replayed_sites(model, x, 1)
+    s = math.log(2) + 1e-4
+
+    def log_normal(z, mu):
+        return (-0.5 * ((z - mu) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)).sum()
+
+    zero = torch.zeros(())
+    by_hand = (
+        -784 * math.log(2) * 3  # log p_D(x_t2 | z_t2) = 784 log(1/2), 3 sequences
+        + log_normal(v["z1_upper"], zero)
+        + log_normal(v["z1_lower"], zero)  # p_B(z_t1 | b_t1)
+        + log_normal(v["z2_upper"], v["z1_upper"])  # p_T: the state stays put
+        + log_normal(v["z2_lower"], v["z1_lower"])
+        - log_normal(v["z2_upper"], zero)
+        - log_normal(v["z2_lower"], zero)  # p_B(z_t2 | b_t2)
+        - log_normal(v["z1_upper"], zero)
+        - log_normal(v["z1_lower"], zero)  # q_S
+    )
     assert loss.item() == pytest.approx(-by_hand.item(), rel=1e-5)
 
 
@@ -235,6 +286,60 @@ def test_rollouts_have_the_right_shapes_and_stay_probabilities():
     assert model.rollout(x[:4, : 3 * 784], steps=1, samples=2, jump=J).shape == (2, 4, 1, 784)
 
 
+def test_rollout_takes_frames_in_every_shape_a_user_has_them():
+    model, x = small_tdvae(), sequences()
+    flat = x[:4, : 3 * 784]
+    shaped = {
+        "flat": flat,
+        "frames": flat.reshape(4, 3, 784),
+        "images": flat.reshape(4, 3, 28, 28),
+    }
+    results = {}
+    for name, context in shaped.items():
+        torch.manual_seed(0)
+        results[name] = model.rollout(context, steps=2, samples=3)
+    assert results["flat"].shape == results["frames"].shape == (3, 4, 2, 784)
+    assert results["images"].shape == (3, 4, 2, 28, 28)
+    assert torch.equal(results["flat"], results["frames"])
+    assert torch.equal(results["flat"], results["images"].flatten(-2))
+    torch.manual_seed(0)
+    single = model.rollout(flat[1].reshape(3, 28, 28), steps=2, samples=3)
+    assert single.shape == (3, 2, 28, 28)
+    assert model.rollout(flat[1], steps=2).shape == (1, 2, 784)
+
+
+def test_rollout_means_are_deterministic_and_states_are_what_was_decoded():
+    model, x = small_tdvae(), sequences()
+    context = x[:4, : 3 * 784]
+    a, states = model.rollout(context, steps=3, samples=2, mean=True, states=True)
+    b = model.rollout(context, steps=3, samples=2, mean=True)
+    assert torch.equal(a, b) and torch.equal(a[0], a[1])
+    assert states.shape == (2, 4, 3, 2 * Z)
+    assert torch.allclose(model.decode_mean(states), a)
+    drawn = model.rollout(context, steps=3, samples=2)
+    assert not torch.equal(drawn[0], drawn[1])
+
+
+ROLLOUT_MISTAKES = [
+    (lambda x: dict(context=x[:2, : 3 * 784], steps=0), "steps and samples must be at least 1"),
+    (lambda x: dict(context=x[:2, : 3 * 784], steps=2, samples=0), "must be at least 1"),
+    (lambda x: dict(context=torch.cat([x, x], 1)[:2], steps=1), "longer than the model's"),
+    (lambda x: dict(context=x[:2, : 3 * 784] * 0.5, steps=1), "do not fit the decoder"),
+    (lambda x: dict(context=x[:2, :100], steps=1), "is not frames of 784 pixels"),
+    (lambda x: dict(context=x[:2, : 3 * 784], steps=1, jump=J + 1), "trained on 1..2"),
+    (lambda x: dict(context=x[:2, : 3 * 784].long(), steps=1), "floating-point"),
+    (lambda x: dict(context=x[:0, : 3 * 784], steps=1), "holds no frames"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", ROLLOUT_MISTAKES)
+def test_rollout_mistakes_are_one_line_user_errors(arguments, message):
+    model, x = small_tdvae(), sequences()
+    with pytest.raises(UserError, match=message) as caught:
+        model.rollout(**arguments(x))
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("algo", ["svi", "em"])
 def test_training_lowers_the_loss_on_a_tiny_sequence_set(algo):
     model, x = small_tdvae(), sequences(48)
@@ -326,6 +431,11 @@ BAD = [
     (["--dataset", "moving-mnist"], "--model vae does not model sequences"),
     (["--seq-len", "10"], "--seq-len applies to a sequence data set"),
     (["--max-jump", "2"], "--max-jump applies to --model tdvae"),
+    (
+        ["--model", "tdvae", "--dataset", "moving-mnist", "--time-pairs", "0"],
+        "--time-pairs must be at least 1",
+    ),
+    (["--time-pairs", "3"], "--time-pairs applies to --model tdvae"),
 ]
 
 
