@@ -133,27 +133,15 @@ GALLERY = [
         [
             Step(
                 "pyro-vae train --model tdvae --dataset moving-mnist --z-dim 8 --hidden-dims 128 "
-                "--max-jump 4 --limit-test 1000 --epochs 60 --eval-every 10 --out {run}"
+                "--max-jump 4 --time-pairs 8 --limit-train 5000 --limit-test 200 --epochs 40 "
+                "--eval-every 10 --out {run}"
             ),
             Step(
-                "python examples/tdvae_rollouts.py {run}",
+                "python examples/tdvae_rollouts.py {run} --limit 200",
                 "--vae-epochs 1 --vae-sequences 200 --limit 20",
             ),
         ],
         {"figures/rollouts.png": "tdvae-rollouts.png"},
-    ),
-    Entry(
-        "tdvae-svi-vs-em",
-        "TD-VAE trained by SVI and by variational EM",
-        "tdvae.md",
-        [
-            Step(
-                "pyro-vae compare --models tdvae --algo svi em --e-rule converge --e-check 5 "
-                "--e-max 20 --dataset moving-mnist --z-dim 8 --hidden-dims 128 --max-jump 4 "
-                "--limit-train 10000 --limit-test 1000 --epochs 10 --eval-every 5 --out {run}"
-            )
-        ],
-        {"comparison.png": "tdvae-svi-vs-em.png"},
     ),
 ]
 

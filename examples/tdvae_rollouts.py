@@ -6,11 +6,15 @@ Train a TD-VAE first, then score its rollouts on the run's test sequences:
         --limit-train 20000 --epochs 20 --out runs/tdvae
     python examples/tdvae_rollouts.py runs/tdvae
 
-The baselines: repeating the last observed frame, and a model with no belief and no dynamics, a
-VAE trained here on single frames of the same training sequences (``--vae-epochs``), predicting
-its reconstruction of the last observed frame. Prints the cross-entropy per frame for horizons
-1..10 and the fraction of rollouts moving the right way, and writes ``rollouts.json`` and the
-figure ``figures/rollouts.png`` into the run folder.
+The baselines: repeating the last observed frame, the oracle (the last observed frame moved the
+true way), and a model with no belief and no dynamics, a VAE trained here on single frames of
+the same training sequences (``--vae-epochs``), predicting its reconstruction of the last
+observed frame. Prints, per horizon 1..10, the cross-entropy of the rollouts' mean frame and of
+the baselines, the digit's displacement against the truth and the fraction of frames in which
+an MNIST classifier (trained once and cached, :mod:`pyro_vae.evaluation.digits`) still names
+the digit; then the direction over the whole rollout and issue 34's goals
+(:func:`~pyro_vae.evaluation.rollouts.rollout_goals`). Writes ``rollouts.json`` and the figure
+``figures/rollouts.png`` into the run folder.
 """
 
 import argparse
@@ -21,10 +25,12 @@ import torch
 
 from pyro_vae import SVITrainer, build_vae, load_run, make_objective
 from pyro_vae.cli.main import run_cli
+from pyro_vae.data.images import recorded_data_dir
 from pyro_vae.data.sequences import frames
 from pyro_vae.errors import UserError
+from pyro_vae.evaluation.digits import digit_classifier
 from pyro_vae.evaluation.figures import plot_rollouts
-from pyro_vae.evaluation.rollouts import rollout_metrics
+from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
 from pyro_vae.runs.files import check_writable, write_file
 
 
@@ -49,6 +55,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="test sequences scored")
     parser.add_argument("--samples", type=int, default=5, help="rollouts per sequence")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument(
+        "--classifier-cache", default=None, help="folder of the cached MNIST classifier"
+    )
     args = parser.parse_args()
 
     def job() -> None:
@@ -67,23 +76,51 @@ def main() -> None:
             data.binarize != "none",
         )
         test = data.test[: args.limit]
-        result = rollout_metrics(model, test, samples=args.samples, frame_model=vae)
+        recorded = json.loads((Path(args.run_dir) / "config.json").read_text()).get("data_dir")
+        data_dir = args.data_dir or recorded_data_dir(recorded)
+        classifier = digit_classifier(data_dir, args.classifier_cache)
+        result = rollout_metrics(
+            model,
+            test,
+            samples=args.samples,
+            frame_model=vae,
+            classifier=classifier,
+            labels=data.test_labels[: args.limit],
+            image_shape=data.image_shape,
+        )
+        result["goals"] = rollout_goals(result)
         write_file(Path(args.run_dir) / "rollouts.json", json.dumps(result, indent=2) + "\n")
-        print("cross-entropy of each predicted frame against the true one, nats per frame:")
-        print("| horizon (frames ahead) | TD-VAE rollout | repeat last frame | frame VAE |")
-        print("|---:|---:|---:|---:|")
-        for h, row in enumerate(
-            zip(
-                result["rollout_bce"],
-                result["repeat_last_bce"],
-                result["frame_model_bce"],
+        print(f"{len(test)} test sequences, {args.samples} rollouts each")
+        print(
+            "| horizon | TD-VAE | repeat last | frame VAE | oracle | displacement (truth) "
+            "| digit named: rollout (truth) |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for h in range(len(result["rollout_bce"])):
+            row = [result[k][h] for k in ("rollout_bce", "repeat_last_bce", "frame_model_bce")]
+            row.append(result["oracle_bce"][h])
+            print(
+                f"| {h + 1} | "
+                + " | ".join(f"{v:.1f}" for v in row)
+                + f" | {result['displacement'][h]:.2f} ({result['displacement_truth'][h]:.0f})"
+                + f" | {result['identity_rollout'][h]:.1%} ({result['identity_truth'][h]:.1%}) |"
+            )
+        jumps = ", ".join(
+            f"frame {h}: {b:.1f} nats, {m:.2f} px"
+            for h, b, m in zip(
+                result["jumpy_horizons"],
+                result["jumpy_bce"],
+                result["jumpy_displacement"],
                 strict=True,
             )
-        ):
-            print(f"| {h + 1} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
-        jumps = ", ".join(f"{v:.1f}" for v in result["jumpy_bce"])
-        print(f"jumpy rollout (one transition per {result['jump']} frames): {jumps} nats/frame")
-        print(f"rollouts moving the true direction: {result['direction_accuracy']:.1%}")
+        )
+        print(f"jumpy rollout (one transition per {result['jump']} frames): {jumps}")
+        print(
+            f"direction right over the whole rollout: {result['rollout_direction']:.1%} "
+            f"(no motion: {result['rollout_still']:.1%})"
+        )
+        met = result["goals"]
+        print("goals met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             plot_rollouts(model, test, figures / "rollouts.png", data.image_shape)

@@ -212,6 +212,7 @@ def test_the_rollouts_example_never_writes_through_a_link(fake_data_dir, tmp_pat
     command = [sys.executable, str(root / "examples" / "tdvae_rollouts.py"), str(run.path)]
     command += ["--vae-epochs", "1", "--vae-sequences", "20", "--limit", "10", "--samples", "2"]
     env = dict(os.environ, PYTHONPATH=str(root))  # this checkout's pyro_vae
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # its digit classifier's cache
 
     def rollouts() -> subprocess.CompletedProcess:
         return subprocess.run(command, capture_output=True, text=True, env=env)

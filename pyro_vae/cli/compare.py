@@ -80,10 +80,10 @@ EVALUATIONS: dict[str, tuple[tuple[str, ...], Callable[[LatentModel, torch.Tenso
     "active_units": (("active_units",), lambda m, x: {"active_units": active_units(m, x)}),
     "mutual_info": (("mutual_info",), lambda m, x: {"mutual_info": mutual_information(m, x)}),
     "rollouts": (
-        ("rollout_bce", "direction_accuracy"),
+        ("rollout_bce", "rollout_direction"),
         lambda m, x: {
             "rollout_bce": (r := rollout_metrics(m, x))["rollout_bce_mean"],
-            "direction_accuracy": r["direction_accuracy"],
+            "rollout_direction": r["rollout_direction"],
         },
     ),
     "codebook": (

@@ -295,6 +295,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="J",
         help="train on time pairs t1 < t2 at most J frames apart",
     )
+    td.add_argument(
+        "--time-pairs",
+        type=int,
+        default=d.time_pairs,
+        metavar="P",
+        help="time pairs drawn per sequence in each step (the belief LSTM runs once for all)",
+    )
     vq = parser.add_argument_group("VQ-VAE (--model vqvae; see docs/vqvae.md)")
     vq.add_argument(
         "--codebook-size", type=int, default=d.codebook_size, metavar="K", help="codes K"

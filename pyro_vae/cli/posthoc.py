@@ -125,8 +125,8 @@ def eval_table(result: dict) -> str:
             "rollout_bce_mean",
             "rollouts",
             "cross-entropy {rollout_bce_mean:.2f} nats/frame over horizons 1-{horizon} "
-            "(repeat last frame: {repeat_last_bce_mean:.2f}); direction right in "
-            "{direction_accuracy:.1%}",
+            "(repeat last frame: {repeat_last_bce_mean:.2f}); direction right over the rollout "
+            "in {rollout_direction:.1%}; displacement off by {displacement_error_mean:.2f} px",
         ),
         (
             "codes_used",

@@ -13,7 +13,7 @@ checkpoints treat it like any other data set; :func:`frames` views it as (N, T, 
 
 import torch
 
-__all__ = ["moving_digits", "frames", "motion_direction"]
+__all__ = ["moving_digits", "frames", "shift_order", "best_shift", "roll_frames"]
 
 
 def moving_digits(
@@ -45,13 +45,40 @@ def frames(x: torch.Tensor, frame_dim: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], -1, frame_dim)
 
 
-def motion_direction(
-    before: torch.Tensor, after: torch.Tensor, image_shape: tuple[int, int] = (28, 28)
+def shift_order(width: int) -> list[int]:
+    """Every horizontal shift of a ``width``-pixel image once (modulo the width), smallest
+    magnitude first: 0, 1, -1, 2, -2, ..."""
+    order = [0]
+    for k in range(1, width // 2 + 1):
+        order += [k] if 2 * k == width else [k, -k]
+    return order
+
+
+def best_shift(
+    reference: torch.Tensor, target: torch.Tensor, image_shape: tuple[int, int] = (28, 28)
 ) -> torch.Tensor:
-    """+1 where ``after`` (..., h * w) matches ``before`` shifted right by a pixel better than
-    shifted left, else -1 (squared error, so it reads noisy or grey frames too)."""
-    grid = before.reshape(*before.shape[:-1], *image_shape)
-    errors = [
-        (torch.roll(grid, shift, dims=-1).flatten(-2) - after).pow(2).sum(-1) for shift in (1, -1)
-    ]
-    return torch.where(errors[0] <= errors[1], 1, -1)
+    """The horizontal shift s (pixels, + is right, wrapping around the edge, |s| <= w / 2) for
+    which ``reference`` (..., h * w) rolled by s best matches ``target`` (..., h * w), the two
+    broadcast against each other: the least squared error, which is the largest correlation
+    since rolling keeps the norm, so it reads grey or noisy frames too. Ties go to the smallest
+    |s|: a blank or horizontally uniform target gives 0, no motion."""
+    h, w = image_shape
+    ref = reference.reshape(*reference.shape[:-1], h, w)
+    tgt = target.reshape(*target.shape[:-1], h, w)
+    shifts = shift_order(w)
+    scores = torch.stack([(torch.roll(ref, s, dims=-1) * tgt).sum((-2, -1)) for s in shifts], -1)
+    return torch.tensor(shifts, device=scores.device)[scores.argmax(-1)]
+
+
+def roll_frames(
+    x: torch.Tensor, shift: torch.Tensor, image_shape: tuple[int, int] = (28, 28)
+) -> torch.Tensor:
+    """Frames ``x`` (..., h * w) each rolled right by its own ``shift`` (...,) pixels
+    (broadcast against x's leading dimensions), wrapping around the edge."""
+    h, w = image_shape
+    grid = x.reshape(*x.shape[:-1], h, w)
+    shift = shift.expand(grid.shape[:-2])
+    column = torch.arange(w, device=x.device)
+    source = (column - shift[..., None]) % w  # (..., w): output column c reads column c - s
+    index = source[..., None, :].expand(grid.shape)
+    return torch.gather(grid, -1, index).reshape(x.shape)

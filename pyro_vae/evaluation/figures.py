@@ -345,7 +345,7 @@ def plot_codebook_usage(vae: LatentModel, test: torch.Tensor, path: Path) -> Non
 
 
 def plot_rollouts(
-    model: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 3
+    model: LatentModel, test: torch.Tensor, path: Path, image_shape: Sequence[int], n: int = 4
 ) -> None:
     """For ``n`` test sequences: the last context frame and the true future, then three sampled
     rollouts (one transition per frame) and a jumpy one (one transition per ``max_jump``

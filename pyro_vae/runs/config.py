@@ -100,6 +100,7 @@ class TrainConfig:
     codebook_update: str = "loss"  # loss | ema (pyro_vae/models/codebook.py)
     restart_codes: bool = True  # restart dead codes at encoder outputs
     max_jump: int = 4  # TD-VAE: largest t2 - t1 of a training time pair
+    time_pairs: int = 8  # TD-VAE: time pairs per sequence in each step
     # objective and optimisation
     elbo: str = "trace"
     num_particles: int = 1

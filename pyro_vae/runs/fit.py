@@ -499,8 +499,8 @@ def heldout_columns(
     train: torch.Tensor | None = None,
 ) -> dict:
     """``test_iwae``, ``active_units``, ``mutual_info`` (a VQ-VAE's ``codes_used`` and
-    ``perplexity`` instead of the latter two; a sequence model's ``rollout_bce`` and
-    ``direction_accuracy``) on the first ``eval_limit`` test images
+    ``perplexity`` instead of the latter two; a sequence model's ``rollout_bce``,
+    ``rollout_direction`` and ``displacement_error``) on the first ``eval_limit`` test images
     (and ``train_iwae`` on ``train``, training images as evaluation sees them) every
     ``eval_every`` epochs and at the last epoch; None (a blank cell) in other epochs.
 
@@ -514,7 +514,8 @@ def heldout_columns(
         "codes_used": "codes_used",
         "perplexity": "perplexity",
         "rollout_bce": "rollout_bce_mean",
-        "direction_accuracy": "direction_accuracy",
+        "rollout_direction": "rollout_direction",
+        "displacement_error": "displacement_error_mean",
     }
     if not evaluation_due(config, epoch):
         return {**dict.fromkeys(columns), "train_iwae": None}
