@@ -70,7 +70,7 @@ def evaluate_run(
         "z_dim": int(vae.codes(x[:1]).shape[-1]),
         **metrics,
         "seconds": time.perf_counter() - start,
-        "machine": machine_description(),
+        "machine": machine_description(device),
         "versions": library_versions(),
     }
     write_file(path, json.dumps(result, indent=2) + "\n")
@@ -94,8 +94,9 @@ def results_folder(run_dir: str | Path, out: str | Path | None, what: str) -> Pa
     return folder
 
 
-def machine_description() -> str:
-    """CPU model, core count and torch's thread count, for quoting wall times."""
+def machine_description(device: str = "cpu") -> str:
+    """CPU model, core count and torch's thread count (and the GPU's name when ``device`` is
+    ``cuda``), for quoting wall times."""
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -105,7 +106,10 @@ def machine_description() -> str:
             if ln.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    described = f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    if device == "cuda":
+        described += f", GPU {torch.cuda.get_device_name()}"
+    return described
 
 
 def eval_table(result: dict) -> str:
