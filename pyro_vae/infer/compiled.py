@@ -40,6 +40,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from pyro_vae.devices import forked_rng
 from pyro_vae.models.base import LatentModel
 
 __all__ = ["COMPILE_CHOICES", "CompiledLoss"]
@@ -213,7 +214,7 @@ class CompiledLoss:
             return [loss.detach(), norm, *grads]
 
         kl = torch.ones((), dtype=x.dtype, device=x.device)
-        with _losses_as_tensors(), pyro.validation_enabled(False):
+        with _losses_as_tensors(), pyro.validation_enabled(False), forked_rng(x.device):
             graphs = [make_fx(step, tracing_mode="fake")(inputs, x, kl) for _ in range(2)]
         if graphs[0].code != graphs[1].code:
             raise _NotTraceable("its programs build a different graph each time they run")

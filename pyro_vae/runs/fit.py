@@ -22,6 +22,7 @@ import copy
 import datetime
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
@@ -156,7 +157,13 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
         return MCEMTrainer(vae, data.train.shape[0], chain, config.lr, config.clip_norm)
     if config.algo == "svi":
         return SVITrainer(
-            vae, objective, lr=config.lr, kl_weight=kl_weight, clip_norm=config.clip_norm
+            vae,
+            objective,
+            lr=config.lr,
+            kl_weight=kl_weight,
+            clip_norm=config.clip_norm,
+            compile=config.compile == "on",
+            report=_compile_report(config),
         )
     return EMTrainer(
         vae,
@@ -171,7 +178,16 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
         kl_weight=kl_weight,
         mutual_info=_validation_mutual_info(vae, data.val, config.device),
         clip_norm=config.clip_norm,
+        compile=config.compile == "on",
+        report=_compile_report(config),
     )
+
+
+def _compile_report(config: TrainConfig) -> Callable[[str], None]:
+    """Where the compiled step's lines go: printed by rank 0 unless ``--quiet``."""
+    if config.quiet or not distributed.is_main():
+        return lambda line: None
+    return lambda line: print(f"pyro-vae: {line}", flush=True)
 
 
 def _validation_mutual_info(vae: LatentModel, val: torch.Tensor | None, device: str):
