@@ -148,7 +148,7 @@ class ParamStoreVAE(VAE):
 @pytest.mark.parametrize(
     "vae_class, reason",
     [
-        (DataDependentVAE, "the tracer or compiler stopped: "),
+        (DataDependentVAE, "read a tensor's value in Python (.item(), if on a tensor) (at "),
         (AlternatingVAE, "its programs build a different graph each time they run"),
         (ParamStoreVAE, "pyro.param('shift') reads Pyro's parameter store"),
     ],

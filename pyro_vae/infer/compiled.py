@@ -30,7 +30,9 @@ eagerly from then on, and :class:`CompiledLoss` reports why in one line, once.
 import contextlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyro
 import pyro.infer.trace_elbo
@@ -38,7 +40,9 @@ import pyro.infer.trace_mean_field_elbo
 import torch
 from pyro.poutine.messenger import Messenger
 from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from pyro_vae.devices import forked_rng
 from pyro_vae.models.base import LatentModel
@@ -107,9 +111,22 @@ class _Objective(nn.Module):
         return self.objective(self.vae.model, self.vae.guide, x, kl_weight)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+#: Raised by the tracer when a program reads a fake tensor's value in Python.
+_DATA_DEPENDENT = (GuardOnDataDependentSymNode, DataDependentOutputException)
+_LIBRARIES = tuple(str(Path(m.__file__).parent) for m in (torch, pyro)) + (__file__,)
+
+
+def _why(exc: Exception) -> str:
+    """One line for an exception of the tracer or compiler, with the innermost line of the
+    model's own code (outside torch, Pyro and this module) that it came from."""
+    if isinstance(exc, _DATA_DEPENDENT):
+        why = "its programs read a tensor's value in Python (.item(), if on a tensor)"
+    else:
+        text = str(exc).strip().splitlines()
+        why = f"the tracer or compiler stopped: {type(exc).__name__}: {text[0] if text else ''}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not f.filename.startswith(_LIBRARIES)]
+    return f"{why} (at {own[-1].filename}:{own[-1].lineno})" if own else why
 
 
 class CompiledLoss:
@@ -173,7 +190,7 @@ class CompiledLoss:
         except _NotTraceable as exc:
             return self._eager(str(exc))
         except Exception as exc:  # noqa: BLE001 -- the tracer or compiler gave up: run eagerly
-            return self._eager(f"the tracer or compiler stopped: {_first_line(exc)}")
+            return self._eager(_why(exc))
         if key not in self._graphs:
             self._graphs[key] = graph
             seconds = time.perf_counter() - start
@@ -194,8 +211,8 @@ class CompiledLoss:
         self, inputs: list[torch.Tensor], x: torch.Tensor, batch_size: int, chosen: tuple
     ) -> tuple[Callable[..., list[torch.Tensor]], tuple[bool, ...]]:
         """The compiled graph of a step and which of the ``chosen`` tensors get a gradient
-        (the others' ``.grad`` stays None, as in an eager step). Traces the step twice: a model
-        whose graph differs is refused. (a model whose graph differs is refused) and compile it."""
+        (the others' ``.grad`` stays None, as in an eager step). The step is traced twice: a
+        model whose graph differs between the two is refused."""
         n = len(self.names)
         names = self.names + self.buffer_names
         used: list[bool] = []  # which chosen tensors the loss depends on (others keep .grad None)
