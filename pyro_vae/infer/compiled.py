@@ -122,8 +122,10 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, _DATA_DEPENDENT):
         why = "its programs read a tensor's value in Python (.item(), if on a tensor)"
     else:
-        text = str(exc).strip().splitlines()
-        why = f"the tracer or compiler stopped: {type(exc).__name__}: {text[0] if text else ''}"
+        text = (str(exc).strip().splitlines() or [""])[0]
+        if len(text) > 120:  # torch's messages go on with advice for its own developers
+            text = text[:120].rsplit(" ", 1)[0] + " ..."
+        why = f"the tracer or compiler stopped: {type(exc).__name__}: {text}"
     frames = traceback.extract_tb(exc.__traceback__)
     own = [f for f in frames if not f.filename.startswith(_LIBRARIES)]
     return f"{why} (at {own[-1].filename}:{own[-1].lineno})" if own else why

@@ -21,6 +21,7 @@ Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard e
 import copy
 import datetime
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import pyro
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pyro_vae import distributed
 from pyro_vae.data.files import is_data_file, load_file_data
@@ -184,10 +186,11 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
 
 
 def _compile_report(config: TrainConfig) -> Callable[[str], None]:
-    """Where the compiled step's lines go: printed by rank 0 unless ``--quiet``."""
+    """Where the compiled step's lines go: printed by rank 0 unless ``--quiet``, above the
+    progress bar."""
     if config.quiet or not distributed.is_main():
         return lambda line: None
-    return lambda line: print(f"pyro-vae: {line}", flush=True)
+    return lambda line: tqdm.write(f"pyro-vae: {line}", file=sys.stdout)
 
 
 def _validation_mutual_info(vae: LatentModel, val: torch.Tensor | None, device: str):
