@@ -44,7 +44,8 @@ def test_step_benchmark_runs_in_its_quickest_mode():
     proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     rows = ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide")
-    rows += ("| pyro-vae, compiled step (--compile on) |", "| compiled step / hand-written step (fused")
+    compiled = "| pyro-vae, compiled step (--compile on) |"
+    rows += (compiled, "compiled step / hand-written step (fused")
     for row in rows + ("| pyro-vae, 2 particles, vectorized |", "2 particles, one trace each"):
         assert proc.stdout.count(row) == 2, row  # once per objective
 
