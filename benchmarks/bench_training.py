@@ -12,6 +12,7 @@ epoch's seconds and the median ratio library / hand-written.
 
     python benchmarks/bench_training.py --quick          # ~1 minute
     python benchmarks/bench_training.py --repeats 5      # a few minutes
+    python benchmarks/bench_training.py --compile on     # the library's compiled step
     python benchmarks/bench_training.py --device cuda --limit-train 59392 --batch-size 256
 
 On a GPU (``--device cuda``) the data, networks and optimizers live there, and for SVI a fourth
@@ -140,19 +141,27 @@ CUDA_GRAPH = "hand-written, CUDA graph"
 
 
 def epoch_functions(
-    x: torch.Tensor, objective: str, batch_size: int, algo: str = "svi", e_steps: int = 5
+    x: torch.Tensor,
+    objective: str,
+    batch_size: int,
+    algo: str = "svi",
+    e_steps: int = 5,
+    compile: bool = False,
 ) -> dict:
     """One epoch of each loop in LOOPS, as functions returning the mean loss: the library's
-    trainer (``svi``, or ``em`` with ``--e-rule fixed --e-steps K``) and the same work by hand
+    trainer (``svi``, or ``em`` with ``--e-rule fixed --e-steps K``; with ``compile``, its
+    compiled step, each graph compiled in the first epoch) and the same work by hand
     with the library's fused Adam and with torch's default Adam, on copies of one initialisation
     and the same minibatch order."""
     torch.manual_seed(0)
     vae = build_vae(x.shape[1], z_dim=50, hidden_dims=(400,)).to(x.device)
     analytic = objective == "meanfield"
     if algo == "svi":
-        trainer = SVITrainer(vae, make_objective(objective), lr=1e-3)
+        trainer = SVITrainer(vae, make_objective(objective), lr=1e-3, compile=compile)
     else:
-        trainer = EMTrainer(vae, make_objective(objective), e_rule="fixed", e_steps=e_steps)
+        trainer = EMTrainer(
+            vae, make_objective(objective), e_rule="fixed", e_steps=e_steps, compile=compile
+        )
     g_lib = torch.Generator().manual_seed(1)
     epochs = {LOOPS[0]: lambda: trainer.train_epoch(x, batch_size, g_lib, check=False)}
     for name, fused in zip(LOOPS[1:], (True, False), strict=True):
@@ -241,6 +250,12 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["svi", "em"], choices=("svi", "em"))
     parser.add_argument("--e-steps", type=int, default=5, help="EM: encoder steps per M-step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--compile",
+        choices=("on", "off"),
+        default="off",
+        help="the library's loop with its compiled step (compiled in its first epoch)",
+    )
     parser.add_argument("--memory-probe", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -262,12 +277,14 @@ def main() -> None:
     where = torch.cuda.get_device_name() if x.is_cuda else f"threads {torch.get_num_threads()}"
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, {where}"
-        f", N = {x.shape[0]}, batch {args.batch_size}, 784-400-50"
+        f", N = {x.shape[0]}, batch {args.batch_size}, 784-400-50, --compile {args.compile}"
     )
     rows = []
     for algo in args.algos:
         for objective in args.objectives:
-            epochs = epoch_functions(x, objective, args.batch_size, algo, args.e_steps)
+            epochs = epoch_functions(
+                x, objective, args.batch_size, algo, args.e_steps, args.compile == "on"
+            )
             rows.append((algo, objective, compare(epochs, args.repeats, f"{algo} {objective}")))
     print(
         "\n| algorithm | objective | pyro-vae s/epoch | hand-written, fused Adam s/epoch | "

@@ -23,6 +23,8 @@ def test_training_benchmark_runs_in_its_quickest_mode():
             "1",
             "--threads",
             "1",
+            "--compile",
+            "on",
         ],
         capture_output=True,
         text=True,
@@ -31,6 +33,7 @@ def test_training_benchmark_runs_in_its_quickest_mode():
     )
     assert proc.returncode == 0, proc.stderr
     assert "| meanfield |" in proc.stdout and "| trace |" in proc.stdout
+    assert "--compile on" in proc.stdout
 
 
 @pytest.mark.slow
@@ -41,6 +44,8 @@ def test_step_benchmark_runs_in_its_quickest_mode():
     proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     rows = ("| pyro-vae as shipped |", "| hand-written, fused Adam |", "trace the guide")
+    compiled = "| pyro-vae, compiled step (--compile on) |"
+    rows += (compiled, "compiled step / hand-written step (fused")
     for row in rows + ("| pyro-vae, 2 particles, vectorized |", "2 particles, one trace each"):
         assert proc.stdout.count(row) == 2, row  # once per objective
 

@@ -13,6 +13,7 @@ from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.devices import DEVICES
 from pyro_vae.errors import Stopped, TrainingInterrupted, UserError, stop_on_signals
+from pyro_vae.infer.compiled import COMPILE_CHOICES
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
@@ -380,6 +381,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--device", choices=DEVICES, default=d.device, help="cuda: train on the GPU")
     train.add_argument(
         "--clip-norm", type=positive_float, default=None, help="clip the gradient's total norm"
+    )
+    train.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default=d.compile,
+        help="on: SVI and EM steps by a graph of the loss and its gradients, traced once per "
+        "minibatch shape and compiled (a few seconds, said once); off: eager steps",
     )
     train.add_argument(
         "--algo",

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from pyro_vae import distributed
 from pyro_vae.data.images import minibatches
 from pyro_vae.errors import TrainingDiverged
+from pyro_vae.infer.compiled import CompiledLoss
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.base import LatentModel
 
@@ -35,6 +36,8 @@ __all__ = [
     "adam",
     "parameter_groups",
     "gradient_step",
+    "apply_gradients",
+    "minibatch_step",
     "epoch_loop",
 ]
 
@@ -79,37 +82,76 @@ def gradient_step(
     optimizers: list[torch.optim.Optimizer],
     clip_norm: float | None = None,
 ) -> torch.Tensor:
-    """Backpropagate ``loss / batch_size`` into ``params`` only and step ``optimizers``;
-    returns the loss summed over the minibatch (detached).
+    """Backpropagate ``loss / batch_size`` into ``params`` only and step ``optimizers``
+    (:func:`apply_gradients`); returns the loss summed over the minibatch (detached).
 
     ``backward(inputs=params)`` leaves every other parameter's ``.grad`` untouched (None), so a
-    frozen group neither changes nor accumulates gradients. A non-finite loss or gradient norm
-    raises :class:`TrainingDiverged` before any parameter moves. ``clip_norm`` rescales the
-    gradient of ``params`` to at most that total norm.
+    frozen group neither changes nor accumulates gradients.
 
     Under torch.distributed, ``loss`` is this rank's shard of a minibatch of ``batch_size``
-    data points: the gradients and the loss are summed over ranks before the checks and the
-    step (:func:`pyro_vae.distributed.all_reduce_gradients`), so every rank steps alike.
+    data points.
     """
-    parallel = distributed.active()
-    if not parallel and not torch.isfinite(loss):
-        raise TrainingDiverged(f"the loss became {loss.item()}")
     for p in params:
         p.grad = None
     (loss / batch_size).backward(inputs=params)
-    if parallel:  # a non-finite loss on any rank makes the summed loss non-finite on all
+    return apply_gradients(loss, params, optimizers, clip_norm)
+
+
+def apply_gradients(
+    loss: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    optimizers: list[torch.optim.Optimizer],
+    clip_norm: float | None = None,
+    norm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Step ``optimizers`` along the gradients in ``params``' ``.grad`` (those of the loss per
+    data point); returns ``loss``, the loss summed over the minibatch, detached.
+
+    A non-finite loss or gradient norm raises :class:`TrainingDiverged` before any parameter
+    moves. ``clip_norm`` rescales the gradient of ``params`` to at most that total norm.
+    ``norm``: the gradients' total norm when the caller has it (a compiled step computes it in
+    its graph), else it is computed here.
+
+    Under torch.distributed the gradients and the loss are summed over ranks before the checks
+    and the step (:func:`pyro_vae.distributed.all_reduce_gradients`), so every rank steps alike.
+    """
+    if distributed.active():  # a non-finite loss on any rank makes the summed loss non-finite
         loss = distributed.all_reduce_gradients(params, loss)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss.item()}")
-    if clip_norm is None:  # only check the norm; clipping would rescale every gradient by 1
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    else:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        norm = None  # of this rank's gradients only
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss.item()}")
+    grads = [p.grad for p in params if p.grad is not None]
+    if norm is None:  # clipping would rescale every gradient by 1: only check the norm
+        norm = torch.nn.utils.get_total_norm(grads)
+    if clip_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
     if not torch.isfinite(norm):
         raise TrainingDiverged(f"the gradient norm became {norm.item()}")
     for optimizer in optimizers:
         optimizer.step()
     return loss.detach()
+
+
+def minibatch_step(
+    vae: LatentModel,
+    objective: Objective,
+    x: torch.Tensor,
+    kl_weight: float,
+    params: list[torch.nn.Parameter],
+    optimizers: list[torch.optim.Optimizer],
+    clip_norm: float | None = None,
+    compiled: CompiledLoss | None = None,
+) -> torch.Tensor:
+    """One step of ``optimizers`` along the gradient of ``objective``'s loss on the minibatch
+    ``x`` (this rank's shard of it under torch.distributed) with respect to ``params``: by the
+    compiled graph of ``compiled`` when it can (:class:`~pyro_vae.infer.compiled.CompiledLoss`),
+    else eagerly (:func:`gradient_step`). Returns the loss summed over ``x`` (detached)."""
+    shard = distributed.shard(x)
+    computed = compiled(shard, x.shape[0], kl_weight, params) if compiled is not None else None
+    if computed is None:
+        loss = objective(vae.model, vae.guide, shard, kl_weight)
+        return gradient_step(loss, x.shape[0], params, optimizers, clip_norm)
+    return apply_gradients(computed[0], params, optimizers, clip_norm, norm=computed[1])
 
 
 #: How often the progress bar reads the running loss back from the device (seconds).
@@ -170,6 +212,9 @@ class SVITrainer:
         lr: Adam learning rate for both groups.
         kl_weight: step -> KL weight (see :class:`KLWarmup`).
         clip_norm: if given, the gradient's total norm is clipped to it every step.
+        compile: take the steps by a compiled graph of the loss and its gradients
+            (:mod:`pyro_vae.infer.compiled`), or eagerly where the model cannot be traced.
+        report: where the compiled step's one-line messages go (default: stderr).
     """
 
     def __init__(
@@ -179,6 +224,8 @@ class SVITrainer:
         lr: float = 1e-3,
         kl_weight: Callable[[int], float] | None = None,
         clip_norm: float | None = None,
+        compile: bool = False,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         vae.check_algo("svi")
         self.vae = vae
@@ -187,6 +234,7 @@ class SVITrainer:
         self.kl_weight = kl_weight or KLWarmup()
         self.optimizer = adam(parameter_groups(vae), lr)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.compiled = CompiledLoss(vae, objective, report) if compile else None
         self.step_count = 0
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,8 +243,16 @@ class SVITrainer:
         Under torch.distributed, ``x`` is the global minibatch and this rank computes the loss
         of its shard."""
         kl_weight = self.kl_weight(self.step_count)
-        loss = self.objective(self.vae.model, self.vae.guide, distributed.shard(x), kl_weight)
-        total = gradient_step(loss, x.shape[0], self.params, [self.optimizer], self.clip_norm)
+        total = minibatch_step(
+            self.vae,
+            self.objective,
+            x,
+            kl_weight,
+            self.params,
+            [self.optimizer],
+            self.clip_norm,
+            self.compiled,
+        )
         self.vae.after_update(model_updated=True)
         self.step_count += 1
         return total

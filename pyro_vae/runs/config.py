@@ -17,6 +17,7 @@ from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS, SEQUENCE_DATASETS
 from pyro_vae.devices import DEVICES, check_device
 from pyro_vae.errors import UserError
+from pyro_vae.infer.compiled import COMPILE_CHOICES
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
@@ -114,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
+    compile: str = "off"  # on | off: SVI and EM steps by a compiled graph (infer/compiled.py)
     # variational EM (--algo em; see pyro_vae/infer/em.py)
     e_rule: str = "converge"
     e_steps: int = 5
@@ -173,6 +175,7 @@ class TrainConfig:
             "codebook_update": CODEBOOK_UPDATES,
             "activation": tuple(ACTIVATIONS),
             "lr_schedule": SCHEDULES,
+            "compile": COMPILE_CHOICES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -225,6 +228,8 @@ class TrainConfig:
             raise UserError("--algo mcem trains no encoder, which the VampPrior is built from")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise UserError("--clip-norm must be positive")
+        if self.compile == "on" and self.algo == "mcem":
+            raise UserError("--compile on compiles SVI and EM steps; --algo mcem's run eagerly")
         if self.val_size < 0 or self.kl_warmup < 0:
             raise UserError("--val-size and --kl-warmup must not be negative")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:

@@ -21,12 +21,15 @@ Under torchrun every rank runs this (pyro_vae.distributed): the trainers shard e
 import copy
 import datetime
 import math
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pyro_vae import distributed
 from pyro_vae.data.files import is_data_file, load_file_data
@@ -160,7 +163,13 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
         return MCEMTrainer(vae, data.train.shape[0], chain, config.lr, config.clip_norm)
     if config.algo == "svi":
         return SVITrainer(
-            vae, objective, lr=config.lr, kl_weight=kl_weight, clip_norm=config.clip_norm
+            vae,
+            objective,
+            lr=config.lr,
+            kl_weight=kl_weight,
+            clip_norm=config.clip_norm,
+            compile=config.compile == "on",
+            report=_compile_report(config),
         )
     return EMTrainer(
         vae,
@@ -175,7 +184,17 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
         kl_weight=kl_weight,
         mutual_info=_validation_mutual_info(vae, data.val, config.device),
         clip_norm=config.clip_norm,
+        compile=config.compile == "on",
+        report=_compile_report(config),
     )
+
+
+def _compile_report(config: TrainConfig) -> Callable[[str], None]:
+    """Where the compiled step's lines go: printed by rank 0 unless ``--quiet``, above the
+    progress bar."""
+    if config.quiet or not distributed.is_main():
+        return lambda line: None
+    return lambda line: tqdm.write(f"pyro-vae: {line}", file=sys.stdout)
 
 
 def _validation_mutual_info(vae: LatentModel, val: torch.Tensor | None, device: str):
