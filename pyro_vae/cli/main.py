@@ -271,7 +271,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=d.sparsity_weight,
         metavar="BETA",
-        help="weight of the sparsity penalty BETA * sum_j KL(RHO || rho_hat_j)",
+        help="weight of the sparsity penalty BETA * sum_j KL(RHO || rho_hat_j) per data point; "
+        "the default, chosen by measurement on MNIST, brings every unit within 0.02 of RHO",
     )
     model.add_argument(
         "--corrupt",
@@ -749,7 +750,11 @@ def add_fit_prior_command(commands) -> None:
         help=f"one or more of: {CODE_PRIOR_HELP}",
     )
     fit_prior.add_argument(
-        "--epochs", type=positive_int, default=20, help="passes over the training codes"
+        "--epochs",
+        type=positive_int,
+        default=20,
+        help="passes over the training codes (priors fitted by gradient steps; a fit "
+        "checkpointed with fewer epochs continues from its checkpoint)",
     )
     fit_prior.add_argument(
         "--batch-size", type=positive_int, default=128, help="code grids per gradient step"
@@ -758,24 +763,25 @@ def add_fit_prior_command(commands) -> None:
     fit_prior.add_argument("--seed", type=int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
-    fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    fit_prior.add_argument(
+        "--quiet", action="store_true", help="no per-epoch lines and no progress bars"
+    )
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
-    from pyro_vae.runs.code_prior import fit_code_prior, prior_table
+    from pyro_vae.runs.code_prior import fit_code_priors, prior_table
 
-    for spec in args.prior:
-        fit_code_prior(
-            args.run_dir,
-            spec,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            data_dir=args.data_dir,
-            quiet=args.quiet,
-            device=args.device,
-        )
+    fit_code_priors(
+        args.run_dir,
+        args.prior,
+        args.data_dir,
+        args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
     print(prior_table(args.run_dir))
 
 

@@ -553,7 +553,7 @@ def checkpoint_state(
 def load_vae(
     run_dir: str,
     device: str = "cpu",
-    prior: nn.Module | None = None,
+    prior: nn.Module | str | None = None,
     state: dict | None = None,
     checkpoint: str = "last",
     data: ImageData | None = None,
@@ -561,11 +561,18 @@ def load_vae(
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
-    ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
+    ``prior``; its learned parameters are then loaded from the checkpoint. For a VQ-VAE,
+    ``prior`` may instead name a prior fitted by ``pyro-vae fit-prior`` (``"transformer"``): the
+    model comes with that prior in place of the uniform one. ``state``: the
     checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
     (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO); ``data``: the
     run's data if already loaded (a model of your own is prepared on it, else it is loaded).
     """
+    if isinstance(prior, str):  # a VQ-VAE's fitted code prior, by name
+        from pyro_vae.runs.code_prior import with_fitted_prior
+
+        vae, config = load_vae(run_dir, device, None, state, checkpoint, data)
+        return with_fitted_prior(vae, run_dir, prior), config
     state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
     try:
         config = TrainConfig.from_dict(state["config"])
