@@ -552,3 +552,30 @@ def test_load_vae_gives_the_vqvae_with_a_fitted_prior_and_plot_draws_from_each(v
     names = {p.name for p in plot_run(run)}
     assert {"samples.png", "samples-categorical.png", "samples-transformer-1.png"} <= names
     assert (run / "figures" / "samples-transformer-1.png").is_file()
+
+
+def test_a_run_that_uses_few_codes_ends_with_a_hint(vq_run, capsys):
+    from pyro_vae import load_vae
+
+    model, _ = load_vae(str(vq_run))
+    x = binary(50).new_zeros(50, 784)
+    with torch.no_grad():  # every code far from the encoder's outputs but one
+        model.codebook.vectors.fill_(1e3)
+        model.codebook.vectors[5] = 0.0
+    hint = model.end_of_run_hint(x)
+    assert hint == (
+        "only 1 of 8 codes used on 50 test images: train longer, or try --codebook-update ema "
+        "(docs/vqvae.md)"
+    )
+    model.restart_codes = False
+    assert "or try --codebook-update ema, or try --restart-codes" in model.end_of_run_hint(x)
+    # fit prints it at the end: 2 positions of 60 test images cannot use a quarter of 512 codes
+    data = vq_run.parent / "data"
+    settings = dict(arch="mlp", z_dim=2, hidden_dims=(16,), codebook_size=512, code_dim=2)
+    settings |= dict(epochs=1, eval_every=0, limit_train=100)
+    capsys.readouterr()
+    fit(vq_config(data, vq_run.parent / "few", quiet=False, **settings))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("only ") and "of 512 codes used on 60 test images" in last
+    fit(vq_config(data, vq_run.parent / "quiet", **settings))
+    assert capsys.readouterr().out == ""

@@ -321,6 +321,9 @@ def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
                 data.image_shape,
                 data.test_labels,
             )
+            hint = vae.end_of_run_hint(data.test[: config.eval_limit])
+            if hint and not config.quiet:
+                print(hint, flush=True)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGUSR1 (Stopped)
         if unsaved is not None:
             if main:
