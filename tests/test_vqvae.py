@@ -579,3 +579,35 @@ def test_a_run_that_uses_few_codes_ends_with_a_hint(vq_run, capsys):
     assert last.startswith("only ") and "of 512 codes used on 60 test images" in last
     fit(vq_config(data, vq_run.parent / "quiet", **settings))
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("halvings, side", [(2, 7), (3, 4), (4, 2), (5, 1)])
+def test_the_conv_grid_shrinks_with_each_halving_and_decodes_to_the_image(halvings, side):
+    from pyro_vae.models.networks import GridConvDecoder, GridConvEncoder, build_grid_networks
+
+    encoder, decoder, positions = build_grid_networks(
+        "conv", 784, 3, 0, (), BernoulliLikelihood(), (28, 28), halvings
+    )
+    assert positions == side * side
+    z = encoder(torch.rand(5, 784))
+    assert z.shape == (5, side * side, 3)
+    assert decoder(z).shape == (5, 784) and decoder(z[None]).shape == (1, 5, 784)
+    if halvings == 2:  # the default keeps the layers (and the checkpoints) it always had
+        keys = {k.split(".")[1] for k in GridConvEncoder((28, 28), 3).state_dict()}
+        assert keys == {"0", "2", "4", "6"}
+        keys = {k.split(".")[1] for k in GridConvDecoder(3, (28, 28)).state_dict()}
+        assert keys == {"0", "2", "4"}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--grid-halvings", "1"], "--grid-halvings must be at least 2"),
+        (["--arch", "mlp", "--grid-halvings", "3"], "--z-dim sets the number of grid positions"),
+    ],
+)
+def test_bad_grid_halvings_give_one_line(capsys, fake_data_dir, tmp_path, flags, message):
+    argv = ["train", "--model", "vqvae", *flags, "--data-dir", str(fake_data_dir)]
+    assert main(argv + ["--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

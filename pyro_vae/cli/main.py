@@ -315,6 +315,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.restart_codes,
         help="restart codes no encoder output chose for about 460 updates",
     )
+    vq.add_argument(
+        "--grid-halvings",
+        type=positive_int,
+        default=d.grid_halvings,
+        metavar="N",
+        help="--arch conv: stride-2 layers between the image and the code grid; 2: a 7x7 grid "
+        "on 28x28 images, 3: 4x4, 4: 2x2 (fewer positions cost fewer nats under a prior)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument(
         "--elbo",

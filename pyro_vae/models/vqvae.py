@@ -80,7 +80,14 @@ class VQVAE(LatentModel):
         corruption: what the encoder sees in training mode (a denoising VQ-VAE).
     """
 
-    own_fields = ("codebook_size", "code_dim", "commitment", "codebook_update", "restart_codes")
+    own_fields = (
+        "codebook_size",
+        "code_dim",
+        "commitment",
+        "codebook_update",
+        "restart_codes",
+        "grid_halvings",
+    )
 
     def __init__(
         self,
@@ -121,6 +128,13 @@ class VQVAE(LatentModel):
             raise UserError(f"--code-dim must be at least 1, got {config.code_dim}")
         if config.commitment < 0:
             raise UserError(f"--commitment must not be negative, got {config.commitment}")
+        if config.grid_halvings < 2:
+            raise UserError(f"--grid-halvings must be at least 2, got {config.grid_halvings}")
+        if config.arch != "conv" and config.grid_halvings != 2:
+            raise UserError(
+                "--grid-halvings shapes the grid of --arch conv; with --arch mlp, --z-dim sets "
+                "the number of grid positions"
+            )
         refusals = [
             (
                 config.prior != "normal",
@@ -168,6 +182,7 @@ class VQVAE(LatentModel):
             config.hidden_dims,
             lik,
             image_shape,
+            config.grid_halvings,
         )
         return cls(
             encoder,

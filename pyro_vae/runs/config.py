@@ -75,6 +75,7 @@ class TrainConfig:
     commitment: float = 0.25  # beta, the commitment loss's weight
     codebook_update: str = "loss"  # loss | ema (pyro_vae/models/codebook.py)
     restart_codes: bool = True  # restart dead codes at encoder outputs
+    grid_halvings: int = 2  # stride-2 layers of the conv VQ-VAE: 2 -> 7x7 codes on MNIST, 3 -> 4x4
     max_jump: int = 4  # TD-VAE: largest t2 - t1 of a training time pair
     # objective and optimisation
     elbo: str = "trace"
