@@ -47,9 +47,9 @@ from pyro_vae.models.networks import build_networks, check_networks
 __all__ = ["Autoencoder", "FlatPrior", "sparsity_kl", "NOT_APPLICABLE", "SPARSITY_WEIGHT"]
 
 #: The default BETA, chosen by measurement on MNIST (docs/autoencoders.md): with the 784-400-50
-#: MLPs and a Bernoulli likelihood (a reconstruction loss of 70-100 nats an image), BETA = 1
-#: leaves the units at mean activations 0.10-0.26 for RHO = 0.05 after 5 epochs; BETA = 30 brings
-#: every unit within 0.02 of RHO (0.046-0.065), for 9 nats of reconstruction against BETA = 10.
+#: MLPs and a Bernoulli likelihood (a reconstruction loss of 70-100 nats an image, against a
+#: penalty of a few nats at BETA = 1), BETA = 1 leaves the units at mean activations 0.10-0.26
+#: for RHO = 0.05 after 5 epochs; BETA = 30 brings every unit within 0.02 of RHO (0.046-0.065).
 SPARSITY_WEIGHT = 30.0
 
 #: Why the VAE's probabilistic metrics are left out for the autoencoder (written to eval.json).
