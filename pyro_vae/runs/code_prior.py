@@ -150,19 +150,26 @@ def fit_code_priors(
     device: str = "cpu",
     prior: nn.Module | None = None,
     name: str | None = None,
-    **settings,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    quiet: bool = False,
 ) -> list[dict]:
     """Fit the priors of ``specs`` one after the other to the VQ-VAE of ``run_dir`` (loaded
     once; the training codes shared, see :class:`TrainingCodes`); each is saved when done.
-    ``settings``: ``epochs``, ``batch_size``, ``lr``, ``seed``, ``quiet`` of
-    :func:`fit_code_prior`; ``prior`` and ``name``: one module of your own instead of specs."""
-    settings = {**dict(epochs=20, batch_size=128, lr=1e-3, seed=0, quiet=False), **settings}
+    ``prior``: one module of your own instead of specs; ``name``: the folder of a single prior
+    (default: from its spec, ``custom`` for a module); the rest as :func:`fit_code_prior`."""
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet)
     for flag in ("epochs", "batch_size", "lr"):
         if not settings[flag] > 0:
             option = "--" + flag.replace("_", "-")
             raise UserError(f"{option} must be positive (got {settings[flag]})")
-    jobs = [_job(spec, None, None) for spec in specs] if prior is None else []
-    if prior is not None:
+    if name is not None and prior is None and len(specs) != 1:
+        raise UserError("a name is for one prior; several are saved under their specs' names")
+    if prior is None:
+        jobs = [_job(spec, None, name) for spec in specs]
+    else:
         jobs = [_job("custom", prior, name)]
     model, data, stage1_epoch = load_run(run_dir, data_dir, device=device)
     if not isinstance(model, VQVAE):
