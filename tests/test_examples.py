@@ -97,3 +97,18 @@ def test_autoencoder_family_example_trains_every_model_and_writes_its_figures(
         assert (out / f"family-{name}.png").read_bytes()[:4] == b"\x89PNG"
     bad = run_example("autoencoder_family.py", "--corrupt", "mask:2")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_sparse_activations_example_tables_the_units_against_the_plain_ae(fake_data_dir, tmp_path):
+    out = tmp_path / "sparse"
+    args = ["--epochs", "1", "--limit-train", "200", "--rho", "0.1", "--out", str(out)]
+    proc = run_example("sparse_activations.py", *args, env_data_dir=fake_data_dir)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "activations.md").read_text()
+    assert table.strip() == proc.stdout.strip()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"ae", "sparse rho=0.1"}
+    assert "| 30 |" in rows["sparse rho=0.1"] and "| n/a |" in rows["ae"]
+    proc = run_example("sparse_activations.py", "--rho", "1.5", env_data_dir=fake_data_dir)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr

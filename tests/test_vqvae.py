@@ -25,8 +25,10 @@ from pyro_vae import (
     TrainConfig,
     TransformerCodePrior,
     UniformCodePrior,
+    UserError,
     elbo_terms,
     fit,
+    fit_code_prior,
     load_code_prior,
     make_objective,
 )
@@ -386,3 +388,231 @@ def test_the_model_scores_the_guides_codes_without_a_second_search(monkeypatch):
     torch.manual_seed(0)
     searched = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
     assert len(searches) == 3 and cached.item() == searched.item()
+
+
+# --- stage 2: closed forms, checkpoints, progress, shared codes, loading, pictures -------------
+
+
+def test_the_categorical_prior_in_closed_form_is_the_smoothed_empirical_frequencies():
+    g = torch.Generator().manual_seed(0)
+    grids = torch.multinomial(torch.tensor([0.6, 0.3, 0.1, 0.0]), 300, True, generator=g)
+    grids = torch.stack([grids, grids.flip(0), torch.full_like(grids, 2)], 1)  # (300, G = 3)
+    for smoothing in (0.0, 0.5, 1.0):
+        prior = CategoricalCodePrior(K, G, smoothing=smoothing)
+        prior.fit_exact(grids)
+        probs = prior().base_dist.probs
+        for i in range(G):
+            for j in range(K):
+                count = sum(int(k == j) for k in grids[:, i].tolist())
+                expected = (count + smoothing) / (len(grids) + K * smoothing)
+                assert probs[i, j].item() == pytest.approx(expected, abs=1e-6), (i, j)
+    # without smoothing it is the maximum-likelihood estimate: no gradient step improves it
+    prior = CategoricalCodePrior(K, G, smoothing=0.0)
+    prior.fit_exact(grids)
+    nll = -prior().log_prob(grids).sum()
+    (grad,) = torch.autograd.grad(nll, [prior.logits])
+    assert grad.abs().max().item() < 1e-3
+    # with smoothing a code never seen keeps a finite log-probability
+    smoothed = CategoricalCodePrior(K, G)
+    smoothed.fit_exact(grids)
+    assert torch.isfinite(smoothed().log_prob(torch.full((1, G), 3))).all()
+    with pytest.raises(UserError, match="smoothing must not be negative"):
+        CategoricalCodePrior(K, G, smoothing=-1.0)
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    """A one-epoch MLP VQ-VAE (4 positions, 8 codes) on fake MNIST, statically binarized."""
+    from conftest import make_fake_mnist
+
+    root = tmp_path_factory.mktemp("vq")
+    data = make_fake_mnist(root / "data")
+    config = vq_config(
+        data,
+        root / "run",
+        arch="mlp",
+        z_dim=4,
+        hidden_dims=(32,),
+        codebook_size=8,
+        code_dim=2,
+        epochs=1,
+        eval_every=0,
+        binarize="static",
+    )
+    return fit(config).path
+
+
+def copy_run(run, tmp_path, **changes):
+    """A copy of ``run`` to write priors into (``changes``: config fields to rewrite)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    if changes:
+        state = torch.load(copy / "checkpoint.pt", weights_only=True)
+        state["config"].update(changes)
+        torch.save(state, copy / "checkpoint.pt")
+    return copy
+
+
+def test_a_killed_prior_fit_resumes_where_it_stopped(vq_run, tmp_path, monkeypatch, capsys):
+    import pyro_vae.runs.code_prior as stage2
+
+    run = copy_run(vq_run, tmp_path)
+    straight = TransformerCodePrior(8, 4, num_layers=1)  # rebuilt under the fit's seed
+    fit_code_prior(run, prior=straight, name="straight", epochs=3, quiet=True)
+
+    real_grids = stage2.TrainingCodes.grids
+
+    def killed_in_epoch_two(self, draw, label=None):
+        if draw == 1:
+            raise KeyboardInterrupt
+        return real_grids(self, draw, label)
+
+    monkeypatch.setattr(stage2.TrainingCodes, "grids", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit_code_prior(run, "transformer:1", epochs=3, quiet=True)
+    folder = run / "priors" / "transformer-1"
+    assert not (folder / "prior.pt").exists()  # not done, but epoch 1 is kept:
+    assert len(torch.load(folder / "checkpoint.pt", weights_only=True)["rows"]) == 1
+    monkeypatch.setattr(stage2.TrainingCodes, "grids", real_grids)
+    capsys.readouterr()
+    fit_code_prior(run, "transformer:1", epochs=3)
+    out = capsys.readouterr().out
+    assert "transformer-1: resuming after epoch 1" in out
+    assert "epoch   1/3" not in out and "epoch   3/3" in out
+    resumed = torch.load(folder / "prior.pt", weights_only=True)["state"]
+    expected = torch.load(run / "priors" / "straight" / "prior.pt", weights_only=True)["state"]
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), key
+    rows = (folder / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    # more epochs extend the finished fit; other settings start afresh
+    fit_code_prior(run, "transformer:1", epochs=4, quiet=True)
+    assert torch.load(folder / "prior.pt", weights_only=True)["epochs"] == 4
+    fit_code_prior(run, "transformer:1", epochs=1, lr=3e-3)
+    assert "made with other settings; fitting afresh" in capsys.readouterr().out
+    assert torch.load(folder / "prior.pt", weights_only=True)["epochs"] == 1
+
+
+def test_fit_prior_names_the_prior_on_every_line_and_shows_progress(vq_run, tmp_path, capsys):
+    run = copy_run(vq_run, tmp_path)
+    argv = ["fit-prior", str(run), "--prior", "categorical", "transformer:1", "--epochs", "2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.split("\n| prior |")[0].strip().splitlines()
+    assert len(lines) == 2 + 3  # a line per epoch (one for the closed form), one when saved
+    for line in lines:
+        assert line.startswith(("categorical: ", "transformer-1: ")), line
+    assert "transformer-1: epoch 2/2" in captured.err  # the bar inside the epoch
+    assert main(argv + ["--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("| prior |")
+
+
+@pytest.mark.parametrize("binarize, encodings", [("static", 1), ("dynamic", 3)])
+def test_the_training_codes_are_encoded_once_per_binarization_draw(
+    vq_run, tmp_path, monkeypatch, binarize, encodings
+):
+    import pyro_vae.runs.code_prior as stage2
+
+    run = copy_run(vq_run, tmp_path, binarize=binarize)
+    sizes = []
+    real = stage2.code_grids
+
+    def counted(model, x, *args, **kwargs):
+        sizes.append(len(x))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(stage2, "code_grids", counted)
+    specs = ["uniform", "categorical", "transformer:1"]
+    stage2.fit_code_priors(run, specs, epochs=3, quiet=True)
+    # the test set once; the training set (200 images) once per draw: static, one draw for
+    # everything; dynamic, draws 0, 1 and 2 of the transformer's 3 epochs, draw 0 shared with
+    # the categorical prior (the uniform prior needs none)
+    assert sizes == [60] + [200] * encodings
+
+
+def test_load_vae_gives_the_vqvae_with_a_fitted_prior_and_plot_draws_from_each(vq_run, tmp_path):
+    from pyro_vae import load_vae
+
+    run = copy_run(vq_run, tmp_path)
+    fit_code_prior(run, "categorical", quiet=True)
+    fit_code_prior(run, "transformer:1", epochs=1, quiet=True)
+    model, config = load_vae(str(run), prior="transformer-1")
+    assert isinstance(model.prior, TransformerCodePrior) and config.model == "vqvae"
+    assert model.sample(3).shape == (3, 784)
+    expected = torch.load(run / "priors" / "transformer-1" / "prior.pt", weights_only=True)
+    for key, value in expected["state"].items():
+        assert torch.equal(model.prior.state_dict()[key], value)
+    plain, _ = load_vae(str(run))
+    assert isinstance(plain.prior, UniformCodePrior)
+    with pytest.raises(UserError, match="fitted: categorical, transformer-1"):
+        load_vae(str(run), prior="pixelsnail")
+    fit_code_prior(
+        run, "categorical(smoothing=1)", name="laplace", quiet=True
+    )  # a name of one's own
+    assert load_vae(str(run), prior="laplace")[0].prior.smoothing == 1
+    names = {p.name for p in plot_run(run)}
+    expected = {"samples-categorical.png", "samples-transformer-1.png", "samples-laplace.png"}
+    assert {"samples.png"} | expected <= names
+    assert (run / "figures" / "samples-transformer-1.png").is_file()
+
+
+def test_a_run_that_uses_few_codes_ends_with_a_hint(vq_run, capsys):
+    from pyro_vae import load_vae
+
+    model, _ = load_vae(str(vq_run))
+    x = binary(50).new_zeros(50, 784)
+    with torch.no_grad():  # every code far from the encoder's outputs but one
+        model.codebook.vectors.fill_(1e3)
+        model.codebook.vectors[5] = 0.0
+    hint = model.end_of_run_hint(x)
+    assert hint == (
+        "only 1 of 8 codes used on 50 test images: train longer, or try --codebook-update ema "
+        "(docs/vqvae.md)"
+    )
+    model.restart_codes = False
+    assert "or try --codebook-update ema, or try --restart-codes" in model.end_of_run_hint(x)
+    # fit prints it at the end: 2 positions of 60 test images cannot use a quarter of 512 codes
+    data = vq_run.parent / "data"
+    settings = dict(arch="mlp", z_dim=2, hidden_dims=(16,), codebook_size=512, code_dim=2)
+    settings |= dict(epochs=1, eval_every=0, limit_train=100)
+    capsys.readouterr()
+    fit(vq_config(data, vq_run.parent / "few", quiet=False, **settings))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("only ") and "of 512 codes used on 60 test images" in last
+    fit(vq_config(data, vq_run.parent / "quiet", **settings))
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("halvings, side", [(2, 7), (3, 4), (4, 2), (5, 1)])
+def test_the_conv_grid_shrinks_with_each_halving_and_decodes_to_the_image(halvings, side):
+    from pyro_vae.models.networks import GridConvDecoder, GridConvEncoder, build_grid_networks
+
+    encoder, decoder, positions = build_grid_networks(
+        "conv", 784, 3, 0, (), BernoulliLikelihood(), (28, 28), halvings
+    )
+    assert positions == side * side
+    z = encoder(torch.rand(5, 784))
+    assert z.shape == (5, side * side, 3)
+    assert decoder(z).shape == (5, 784) and decoder(z[None]).shape == (1, 5, 784)
+    if halvings == 2:  # the default keeps the layers (and the checkpoints) it always had
+        keys = {k.split(".")[1] for k in GridConvEncoder((28, 28), 3).state_dict()}
+        assert keys == {"0", "2", "4", "6"}
+        keys = {k.split(".")[1] for k in GridConvDecoder(3, (28, 28)).state_dict()}
+        assert keys == {"0", "2", "4"}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--grid-halvings", "1"], "--grid-halvings must be at least 2"),
+        (["--arch", "mlp", "--grid-halvings", "3"], "--z-dim sets the number of grid positions"),
+    ],
+)
+def test_bad_grid_halvings_give_one_line(capsys, fake_data_dir, tmp_path, flags, message):
+    argv = ["train", "--model", "vqvae", *flags, "--data-dir", str(fake_data_dir)]
+    assert main(argv + ["--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

@@ -279,7 +279,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=d.sparsity_weight,
         metavar="BETA",
-        help="weight of the sparsity penalty BETA * sum_j KL(RHO || rho_hat_j)",
+        help="weight of the sparsity penalty BETA * sum_j KL(RHO || rho_hat_j) per data point; "
+        "the default was chosen by measurement on MNIST: every unit within 0.02 of RHO 0.05 "
+        "after 5 epochs (docs/autoencoders.md)",
     )
     model.add_argument(
         "--corrupt",
@@ -328,6 +330,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.restart_codes,
         help="restart codes no encoder output chose for about 460 updates",
+    )
+    vq.add_argument(
+        "--grid-halvings",
+        type=positive_int,
+        default=d.grid_halvings,
+        metavar="N",
+        help="--arch conv: stride-2 layers between the image and the code grid; 2: a 7x7 grid "
+        "on 28x28 images, 3: 4x4, 4: 2x2 (fewer positions cost fewer nats under a prior)",
     )
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -791,7 +801,11 @@ def add_fit_prior_command(commands) -> None:
         help=f"one or more of: {CODE_PRIOR_HELP}",
     )
     fit_prior.add_argument(
-        "--epochs", type=positive_int, default=20, help="passes over the training codes"
+        "--epochs",
+        type=positive_int,
+        default=20,
+        help="passes over the training codes (priors fitted by gradient steps; a fit "
+        "checkpointed with fewer epochs continues from its checkpoint)",
     )
     fit_prior.add_argument(
         "--batch-size", type=positive_int, default=128, help="code grids per gradient step"
@@ -800,25 +814,26 @@ def add_fit_prior_command(commands) -> None:
     fit_prior.add_argument("--seed", type=seed_int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
-    fit_prior.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    fit_prior.add_argument(
+        "--quiet", action="store_true", help="no per-epoch lines and no progress bars"
+    )
     fit_prior.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
-    from pyro_vae.runs.code_prior import fit_code_prior, prior_table
+    from pyro_vae.runs.code_prior import fit_code_priors, prior_table
 
-    for spec in args.prior:
-        fit_code_prior(
-            args.run_dir,
-            spec,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            data_dir=args.data_dir,
-            quiet=args.quiet,
-            device=args.device,
-        )
+    fit_code_priors(
+        args.run_dir,
+        args.prior,
+        args.data_dir,
+        args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
     print(prior_table(args.run_dir))
 
 

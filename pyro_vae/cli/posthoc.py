@@ -17,12 +17,13 @@ import torch
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.figures import write_figures
 from pyro_vae.evaluation.metrics import heldout_metrics
+from pyro_vae.models.base import LatentModel
 from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.runs.files import WriteFailed, check_writable, write_file
 from pyro_vae.runs.fit import load_run
-from pyro_vae.runs.folder import Run, library_versions
+from pyro_vae.runs.folder import Run, library_versions, load_tensors
 
-__all__ = ["evaluate_run", "eval_table", "plot_run"]
+__all__ = ["evaluate_run", "eval_table", "plot_run", "fitted_prior_samples"]
 
 
 def evaluate_run(
@@ -180,6 +181,28 @@ def plot_run(
     folder = results_folder(run_dir, out, f"{name}/") / name
     vae, data, _ = load_run(run_dir, data_dir, checkpoint, device)
     run = Run(run_dir)
-    return write_figures(
+    paths = write_figures(
         vae, data.test, run.read_metrics(), folder, data.image_shape, data.test_labels
     )
+    return paths + fitted_prior_samples(vae, run_dir, folder, data.image_shape)
+
+
+def fitted_prior_samples(
+    vae: LatentModel, run_dir: str | Path, folder: Path, image_shape: tuple[int, int]
+) -> list[Path]:
+    """``samples-NAME.png`` for every prior fitted to a VQ-VAE run (priors of your own, which
+    need their module, are left out); [] for any other run."""
+    from pyro_vae.models.vqvae import VQVAE
+    from pyro_vae.runs.code_prior import fitted_priors, plot_prior_samples, with_fitted_prior
+
+    if not isinstance(vae, VQVAE):
+        return []
+    paths, uniform = [], vae.prior
+    for name in fitted_priors(run_dir):
+        if load_tensors(Path(run_dir) / "priors" / name / "prior.pt")["spec"] == "custom":
+            continue
+        with_fitted_prior(vae, run_dir, name)
+        plot_prior_samples(vae, folder / f"samples-{name}.png", image_shape)
+        paths.append(folder / f"samples-{name}.png")
+    vae.prior = uniform
+    return paths

@@ -141,6 +141,11 @@ class LatentModel(nn.Module):
         """Called by trainers after each optimizer step; ``model_updated``: whether the step
         moved the model side (theta). Nothing to do for most models."""
 
+    def end_of_run_hint(self, x: torch.Tensor) -> str | None:
+        """A one-line hint printed when a training run ends, from held-out data ``x`` (on the
+        CPU): a sign that the run is early or stuck and what to try, or None."""
+        return None
+
     # --- data and pictures -----------------------------------------------------------------
     def check_data(self, x: torch.Tensor) -> None:
         """Reject a data tensor this model cannot score (see :func:`check_flat_data`)."""

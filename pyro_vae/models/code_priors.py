@@ -18,7 +18,8 @@ log p(x|z_q(x)) + log p(k(x)) depends on the prior only through log p(k(x)).
 Built in, by their ``fit-prior --prior`` spec:
 
 - ``uniform``: p(k) = K^-G, no parameters (stage 1).
-- ``categorical``: independent categoricals per position, p(k) = prod_i Cat(k_i; pi_i).
+- ``categorical``: independent categoricals per position, p(k) = prod_i Cat(k_i; pi_i), fitted
+  in closed form (the smoothed code frequencies per position; ``categorical(smoothing=1)``).
 - ``transformer`` or ``transformer:L``: an autoregressive prior p(k) = prod_i p(k_i | k_<i) in
   raster order, a small causal transformer (L layers, default 2) over the code tokens; sampling
   is ancestral, one position at a time. ``transformer(num_layers=4, width=128)`` reaches the
@@ -27,7 +28,9 @@ Built in, by their ``fit-prior --prior`` spec:
 A code prior of your own is named like any part (:mod:`pyro_vae.plugins`):
 ``my_priors:PixelCNN``, ``path/to/file.py:PixelCNN(layers=5)``, or a name in the entry-point
 group ``pyro_vae.code_priors``; its constructor may ask for ``num_codes`` (K) and
-``num_positions`` (G) by parameter name.
+``num_positions`` (G) by parameter name. A prior whose maximum-likelihood fit has a closed form
+may define ``fit_exact(grids)`` (grids: the training set's code grids, (N, G)); ``fit-prior``
+then calls it once instead of taking gradient steps.
 """
 
 import pyro.distributions as dist
@@ -94,14 +97,35 @@ class UniformCodePrior(nn.Module):
 
 
 class CategoricalCodePrior(nn.Module):
-    """Independent categoricals per grid position with learnable logits (start: uniform)."""
+    """Independent categoricals per grid position (start: uniform).
 
-    def __init__(self, num_codes: int, num_positions: int) -> None:
+    Its maximum-likelihood fit has a closed form, the code frequencies at each position, which
+    :meth:`fit_exact` computes with additive smoothing: pi_ij = (n_ij + a) / (N + K a), n_ij the
+    number of training grids with code j at position i (``smoothing`` a = 0.5 by default, the
+    Jeffreys prior's estimate: a code never seen at a position keeps a finite log-probability).
+    The logits stay parameters, so the prior can also be trained by gradient steps in a model.
+    """
+
+    def __init__(self, num_codes: int, num_positions: int, smoothing: float = 0.5) -> None:
         super().__init__()
+        if not smoothing >= 0:
+            raise UserError(f"categorical: smoothing must not be negative, got {smoothing}")
+        self.smoothing = smoothing
         self.logits = nn.Parameter(torch.zeros(num_positions, num_codes))
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Categorical(logits=self.logits).to_event(1)
+
+    @torch.no_grad()
+    def fit_exact(self, grids: torch.Tensor) -> None:
+        """Set the logits to the smoothed log-frequencies of the codes of ``grids`` (N, G)."""
+        positions, num_codes = self.logits.shape
+        flat = grids.reshape(-1, positions).long()
+        offsets = torch.arange(positions, device=flat.device) * num_codes
+        counts = torch.bincount((flat + offsets).reshape(-1), minlength=positions * num_codes)
+        counts = counts.reshape(positions, num_codes).to(self.logits)
+        probs = (counts + self.smoothing) / (len(flat) + num_codes * self.smoothing)
+        self.logits.copy_(probs.log())
 
 
 class TransformerCodePrior(nn.Module):

@@ -36,6 +36,7 @@ __all__ = [
     "ENCODER_CONTEXT",
     "DECODER_CONTEXT",
     "check_network_spec",
+    "grid_sides",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",
@@ -286,18 +287,38 @@ def _check_decoder(decoder: nn.Module, z_dim: int, out_dim: int) -> None:
         )
 
 
-class GridConvEncoder(nn.Module):
-    """x (batch, h * w) -> a (h/4) x (w/4) grid of D-vectors, shape (batch, h * w / 16, D):
-    two 4x4 stride-2 convolutions, a 3x3 convolution and a 1x1 projection to D channels."""
+def grid_sides(image_shape: tuple[int, int], halvings: int = 2) -> list[tuple[int, int]]:
+    """The (h, w) of the conv VQ-VAE's feature maps after each halving: the first two (4x4
+    stride-2 convolutions) halve exactly, each further one (3x3, stride 2, padding 1) rounds up:
+    28 -> 14 -> 7 -> 4 -> 2 -> 1. The last is the code grid."""
+    h, w = image_shape
+    sides = []
+    for i in range(halvings):
+        h, w = (h // 2, w // 2) if i < 2 else (-(-h // 2), -(-w // 2))
+        sides.append((h, w))
+    return sides
 
-    def __init__(self, image_shape: tuple[int, int], code_dim: int, channels: int = 32) -> None:
+
+class GridConvEncoder(nn.Module):
+    """x (batch, h * w) -> a grid of D-vectors, shape (batch, G, D): two 4x4 stride-2
+    convolutions ((h/4) x (w/4)), ``halvings - 2`` more 3x3 stride-2 ones (each halves the grid's
+    sides, rounding up: 7x7 -> 4x4 -> 2x2 -> 1x1), a 3x3 convolution and a 1x1 projection to D
+    channels."""
+
+    def __init__(
+        self, image_shape: tuple[int, int], code_dim: int, channels: int = 32, halvings: int = 2
+    ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
+        extra = []
+        for _ in range(halvings - 2):
+            extra += [nn.Conv2d(2 * channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU()]
         self.net = nn.Sequential(
             nn.Conv2d(1, channels, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
             nn.ReLU(),
+            *extra,
             nn.Conv2d(2 * channels, 2 * channels, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(2 * channels, code_dim, 1),
@@ -309,18 +330,31 @@ class GridConvEncoder(nn.Module):
 
 
 class GridConvDecoder(nn.Module):
-    """A grid (..., h * w / 16, D) -> likelihood parameters (..., out_channels * h * w),
-    mirroring :class:`GridConvEncoder`; leading dimensions are kept."""
+    """A grid (..., G, D) -> likelihood parameters (..., out_channels * h * w), mirroring
+    :class:`GridConvEncoder` (its transposed convolutions restore each side exactly);
+    leading dimensions are kept."""
 
     def __init__(
-        self, code_dim: int, image_shape: tuple[int, int], out_channels: int = 1, channels: int = 32
+        self,
+        code_dim: int,
+        image_shape: tuple[int, int],
+        out_channels: int = 1,
+        channels: int = 32,
+        halvings: int = 2,
     ) -> None:
         super().__init__()
-        h, w = self.image_shape = tuple(image_shape)
-        self.grid = (h // 4, w // 4)
+        self.image_shape = tuple(image_shape)
+        sides = grid_sides(self.image_shape, halvings)
+        self.grid = sides[-1]
+        extra = []
+        for small, large in zip(reversed(sides[2:]), reversed(sides[1:-1]), strict=True):
+            padding = (large[0] - 2 * small[0] + 1, large[1] - 2 * small[1] + 1)
+            up = nn.ConvTranspose2d(2 * channels, 2 * channels, 3, 2, 1, output_padding=padding)
+            extra += [up, nn.ReLU()]
         self.net = nn.Sequential(
             nn.Conv2d(code_dim, 2 * channels, 3, padding=1),
             nn.ReLU(),
+            *extra,
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),
@@ -363,10 +397,11 @@ def build_grid_networks(
     hidden_dims: Sequence[int],
     likelihood: nn.Module,
     image_shape: tuple[int, int] = (28, 28),
+    halvings: int = 2,
 ) -> tuple[nn.Module, nn.Module, int]:
     """The VQ-VAE's encoder and decoder for ``--arch`` and the number of grid positions G:
-    ``conv`` ((h/4) x (w/4) positions) or ``mlp`` (``positions`` of them, mirrored
-    ``hidden_dims``)."""
+    ``conv`` ((h/4) x (w/4) positions, fewer with ``halvings`` above 2: :func:`grid_sides`) or
+    ``mlp`` (``positions`` of them, mirrored ``hidden_dims``)."""
     params_per_dim = getattr(likelihood, "params_per_dim", 1)
     if arch == "mlp":
         encoder = GridMLPEncoder(data_dim, hidden_dims, positions, code_dim)
@@ -376,7 +411,9 @@ def build_grid_networks(
     if arch == "conv":
         if image_shape[0] * image_shape[1] != data_dim or min(image_shape) % 4:
             raise UserError("--arch conv needs h x w images with h, w divisible by 4, D = h * w")
-        decoder = GridConvDecoder(code_dim, image_shape, out_channels=params_per_dim)
-        grid = (image_shape[0] // 4) * (image_shape[1] // 4)
-        return GridConvEncoder(image_shape, code_dim), decoder, grid
+        decoder = GridConvDecoder(
+            code_dim, image_shape, out_channels=params_per_dim, halvings=halvings
+        )
+        grid = decoder.grid[0] * decoder.grid[1]
+        return GridConvEncoder(image_shape, code_dim, halvings=halvings), decoder, grid
     raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")

@@ -23,6 +23,7 @@ from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
 from pyro_vae.infer.schedules import SCHEDULES
 from pyro_vae.models import MODELS, PyroProgramModel, model_class
+from pyro_vae.models.autoencoders import SPARSITY_WEIGHT
 from pyro_vae.models.codebook import CODEBOOK_UPDATES
 from pyro_vae.models.corruption import parse_corruption
 from pyro_vae.models.likelihoods import check_likelihood_spec, parse_gaussian_scale
@@ -93,13 +94,14 @@ class TrainConfig:
     decoder: str | None = None  # ... and decoder
     gaussian_scale: str = "pixel"  # fixed:S | global | pixel | decoder
     sparsity: float | None = None  # sparse autoencoder: target mean activation rho in (0, 1)
-    sparsity_weight: float = 1.0  # its penalty's weight beta
+    sparsity_weight: float = SPARSITY_WEIGHT  # its penalty's weight beta (measured default)
     corrupt: str | None = None  # denoising: gaussian:SIGMA | salt-pepper:P | mask:P
     codebook_size: int = 512  # VQ-VAE: K codes (van den Oord et al. 2017's K and D)
     code_dim: int = 64  # D, the size of a code vector
     commitment: float = 0.25  # beta, the commitment loss's weight
     codebook_update: str = "loss"  # loss | ema (pyro_vae/models/codebook.py)
     restart_codes: bool = True  # restart dead codes at encoder outputs
+    grid_halvings: int = 2  # stride-2 layers of the conv VQ-VAE: 2 -> 7x7 codes on MNIST, 3 -> 4x4
     max_jump: int = 4  # TD-VAE: largest t2 - t1 of a training time pair
     time_pairs: int = 8  # TD-VAE: time pairs per sequence in each step
     # objective and optimisation

@@ -344,6 +344,9 @@ def _fit(config: TrainConfig, prior: nn.Module | None) -> Run:
                 data.image_shape,
                 data.test_labels,
             )
+            hint = vae.end_of_run_hint(data.test[: config.eval_limit])
+            if hint and not config.quiet:
+                print(hint, flush=True)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGUSR1 (Stopped)
         if unsaved is not None:
             if main:
@@ -578,7 +581,7 @@ def checkpoint_state(
 def load_vae(
     run_dir: str,
     device: str = "cpu",
-    prior: nn.Module | None = None,
+    prior: nn.Module | str | None = None,
     state: dict | None = None,
     checkpoint: str = "last",
     data: ImageData | None = None,
@@ -587,7 +590,9 @@ def load_vae(
     """Rebuild the trained model of a run folder (any ``--model``) from its checkpoint.
 
     A run trained with a prior module of the user's own needs a fresh instance of it as
-    ``prior``; its learned parameters are then loaded from the checkpoint. ``state``: the
+    ``prior``; its learned parameters are then loaded from the checkpoint. For a VQ-VAE,
+    ``prior`` may instead name a prior fitted by ``pyro-vae fit-prior`` (``"transformer"``): the
+    model comes with that prior in place of the uniform one. ``state``: the
     checkpoint's contents if already loaded (saves reading it twice); ``checkpoint``: ``"last"``
     (``checkpoint.pt``) or ``"best"`` (``best.pt``, the best validation ELBO); ``data``: the
     run's data if already loaded (a model of your own is prepared on it, else it is loaded).
@@ -595,6 +600,11 @@ def load_vae(
     anything is built. A plugin that lies inside the run folder is imported only with
     ``trust_plugins=True`` (the ``--trust-plugins`` flag; :func:`pyro_vae.plugins.trusting`).
     """
+    if isinstance(prior, str):  # a VQ-VAE's fitted code prior, by name
+        from pyro_vae.runs.code_prior import with_fitted_prior
+
+        vae, config = load_vae(run_dir, device, None, state, checkpoint, data)
+        return with_fitted_prior(vae, run_dir, prior), config
     state = Run(run_dir).load_checkpoint(checkpoint) if state is None else state
     source = f"the settings in {Path(run_dir) / CHECKPOINTS[checkpoint]}"
     if "config" not in state:
