@@ -35,7 +35,15 @@ from pyro_vae.runs.config_file import COMMAND_LINE_ONLY, checked_setting
 from pyro_vae.runs.limits import check_memory
 from pyro_vae.runs.tensorboard import check_available as check_tensorboard
 
-__all__ = ["TrainConfig", "ALGOS", "AGGRESSIVE_VAL_SIZE", "PART_FIELDS", "SEEDS", "check_parts"]
+__all__ = [
+    "TrainConfig",
+    "ALGOS",
+    "AGGRESSIVE_VAL_SIZE",
+    "PART_FIELDS",
+    "SEEDS",
+    "check_parts",
+    "unread_settings",
+]
 
 ALGOS = ("svi", "em", "mcem")
 #: Training images held out for validation when ``--e-rule aggressive`` is asked for without
@@ -245,7 +253,8 @@ class TrainConfig:
             raise UserError(f"--sparsity must lie in (0, 1), got {self.sparsity}")
         if not self.sparsity_weight > 0:
             raise UserError("--sparsity-weight must be positive")
-        if self.sparsity is None and self.sparsity_weight != TrainConfig.sparsity_weight:
+        given_alone = self.sparsity is None and self.sparsity_weight != TrainConfig.sparsity_weight
+        if given_alone and training and self.resume is None:  # a new run's flags
             raise UserError("--sparsity-weight weighs the penalty of --sparsity RHO; give both")
         self._check_model_fields()
         sequences = self.dataset in SEQUENCE_DATASETS
@@ -363,4 +372,15 @@ class TrainConfig:
             for key, value in d.items()
             if key in hints and key not in COMMAND_LINE_ONLY
         }
+        for name in unread_settings(kwargs.get("model", cls.model)):  # an older run's record
+            kwargs.pop(name, None)
         return cls(**kwargs)
+
+
+def unread_settings(model: str) -> set[str]:
+    """The library models' own settings that a run of ``model`` (a built-in name, or any other
+    spec) does not read. config.json leaves them out (:meth:`TrainConfig.record`); a config.json
+    or checkpoint written before it did, which recorded every setting at the default of its
+    day, is read without them."""
+    own = set(MODELS[model].own_fields) if model in MODELS else set()
+    return {name for m in MODELS.values() for name in m.own_fields} - own

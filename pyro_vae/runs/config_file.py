@@ -41,7 +41,7 @@ COMMAND_LINE_ONLY = ("trust_plugins",)
 def read_config_file(path: str | Path) -> dict:
     """The settings in ``path`` (TOML, or JSON for a ``.json`` file), checked and converted to
     the types of :class:`~pyro_vae.runs.config.TrainConfig`'s fields."""
-    from pyro_vae.runs.config import TrainConfig
+    from pyro_vae.runs.config import TrainConfig, unread_settings
 
     path = Path(path)
     is_json = path.suffix == ".json"
@@ -80,6 +80,9 @@ def read_config_file(path: str | Path) -> dict:
         if name not in hints:
             raise UserError(f"--config {path}: unknown setting {key!r} (a train flag's name)")
         settings[name] = checked_setting(f"--config {path}", key, value, hints[name])
+    if is_json:  # a run's record from before it left out what its model does not read
+        for name in unread_settings(settings.get("model", TrainConfig.model)):
+            settings.pop(name, None)
     return settings
 
 
