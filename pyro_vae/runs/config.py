@@ -353,9 +353,7 @@ class TrainConfig:
         """:meth:`to_dict` without the settings ``model`` (the run's model class) does not read:
         the other models' own settings and its ``unread_fields``, so that config.json holds
         only what the run used (reading it back gives them their defaults)."""
-        unread = set(model.unread_fields)
-        for other in MODELS.values():
-            unread |= set(other.own_fields) - set(model.own_fields)
+        unread = unread_settings(self.model) | set(model.unread_fields)
         return {k: v for k, v in self.to_dict().items() if k not in unread}
 
     @classmethod
