@@ -51,7 +51,10 @@ def test_step_benchmark_runs_in_its_quickest_mode():
 
 
 @pytest.mark.slow
-def test_evaluation_benchmark_runs_in_its_quickest_mode():
+@pytest.mark.parametrize(
+    "flags, row", [(["--samples", "20"], "| 20 "), (["--elbo-batch", "4"], "| ELBO, batch 4 ")]
+)
+def test_evaluation_benchmark_runs_in_its_quickest_mode(flags, row):
     proc = subprocess.run(
         [
             sys.executable,
@@ -59,8 +62,7 @@ def test_evaluation_benchmark_runs_in_its_quickest_mode():
             "--synthetic",
             "--images",
             "10",
-            "--samples",
-            "20",
+            *flags,
             "--threads",
             "1",
             "--repeats",
@@ -72,7 +74,7 @@ def test_evaluation_benchmark_runs_in_its_quickest_mode():
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr  # it exits 1 if the two ways' numbers differ
-    assert "| 20 | library |" in proc.stdout and "| 20 | by hand |" in proc.stdout
+    assert f"{row}| library |" in proc.stdout and f"{row}| by hand |" in proc.stdout
     assert "library / hand-written" in proc.stdout and "peak resident memory" in proc.stdout
 
 

@@ -1,12 +1,13 @@
 """The compiled training step (pyro_vae/infer/compiled.py): the same numbers as the eager step
 for fixed draws, EM's frozen groups bitwise frozen, one line for a model it cannot trace, and
-``--resume`` bitwise exact with ``--compile on``.
+``--resume`` bitwise exact with ``--compile on``; ``--compile auto`` settled once per run.
 
 Compiling a graph of these tiny networks takes a few seconds (tens on a cold inductor cache),
 so the tests share few shapes.
 """
 
 import copy
+import json
 
 import pyro
 import pyro.distributions as dist
@@ -15,9 +16,12 @@ import torch
 from test_cli import run_main
 from test_schedules import fit_interrupted_then_resumed, small_config
 
-from pyro_vae import EMTrainer, SVITrainer, build_vae, fit, make_objective
-from pyro_vae.infer.compiled import CompiledLoss
+from pyro_vae import EMTrainer, SVITrainer, TrainConfig, build_vae, fit, make_objective
+from pyro_vae.infer.compiled import AUTO_COMPILE_STEPS, CompiledLoss
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs import fit as fit_module
+from pyro_vae.runs.config_file import read_config_file
+from pyro_vae.runs.fit import settle_compile
 
 X = torch.bernoulli(torch.full((6, 784), 0.13), generator=torch.Generator().manual_seed(1))
 
@@ -199,3 +203,61 @@ def test_compile_flag(capsys):
     code, err = run_main(capsys, "train", "--compile", "on", "--algo", "mcem")
     assert code != 0 and err.strip().endswith("--algo mcem's run eagerly")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "settings, train_size, settled, said",
+    [
+        ({"epochs": 100}, 60_000, "on", "compiled steps (46,900 minibatch steps, at least the"),
+        ({"epochs": 20}, 60_000, "off", "eager steps (9,380 minibatch steps, under the 25,000"),
+        ({"epochs": 100, "algo": "em"}, 60_000, "on", "compiled steps (46,900 minibatch"),
+        ({"epochs": 10**4, "algo": "mcem"}, 60_000, "off", "eager steps (--algo mcem steps"),
+        ({"epochs": 10**5, "device": "cuda"}, 1, "off", "eager steps (the compiled step is"),
+        ({"epochs": 10**4, "compile": "off"}, 60_000, "off", None),
+        ({"epochs": 1, "compile": "on", "device": "cuda"}, 100, "on", None),
+    ],
+)
+def test_compile_auto_compiles_long_cpu_runs_of_svi_and_em(
+    settings, train_size, settled, said, capsys
+):
+    """epochs x minibatches of 128 against AUTO_COMPILE_STEPS; a given on or off is kept."""
+    assert AUTO_COMPILE_STEPS == 25_000 and TrainConfig().compile == "auto"
+    config = TrainConfig(**settings)
+    settle_compile(config, train_size)
+    assert config.compile == settled
+    out = capsys.readouterr().out
+    if said is None:
+        assert out == ""
+    else:
+        assert out.count("\n") == 1 and f"pyro-vae: --compile auto: {said}" in out, out
+
+
+def test_compile_auto_is_settled_when_the_run_is_created_and_kept_on_resume(
+    fake_data_dir, tmp_path, monkeypatch, capsys
+):
+    """A short run stays eager when resumed with more epochs than would compile it, a long one
+    compiled (from the CLI and from Python); the record of a run from before --compile
+    (no such setting) resumes eagerly. Each epoch here is one minibatch, which Pyro's
+    validation keeps eager, so nothing is compiled."""
+    monkeypatch.setattr(fit_module, "AUTO_COMPILE_STEPS", 3)  # 100 images: one step an epoch
+    short = fit(small_config(fake_data_dir, tmp_path / "short", epochs=2, quiet=False))
+    assert "--compile auto: eager steps (2 minibatch steps, under the 3" in capsys.readouterr().out
+    assert short.read_config()["compile"] == short.load_checkpoint()["config"]["compile"] == "off"
+    assert run_main(capsys, "train", "--resume", str(short.path), "--epochs", "4")[0] == 0
+    assert short.read_config()["compile"] == short.load_checkpoint()["config"]["compile"] == "off"
+    long = fit(small_config(fake_data_dir, tmp_path / "long", epochs=3))
+    assert long.read_config()["compile"] == "on"
+    resumed = fit(small_config(fake_data_dir, tmp_path / "long", epochs=4, resume=str(long.path)))
+    assert resumed.read_config()["compile"] == resumed.load_checkpoint()["config"]["compile"]
+    assert resumed.read_config()["compile"] == "on"
+    # an old run folder: its config.json has no compile setting
+    settings = short.read_config()
+    del settings["compile"]
+    short.config_path.write_text(json.dumps(settings))
+    assert TrainConfig.from_dict(settings).compile == "off"
+    assert read_config_file(short.config_path)["compile"] == "off"
+    assert run_main(capsys, "train", "--resume", str(short.path), "--epochs", "5")[0] == 0
+    assert short.read_config()["compile"] == "off"
+    # --compile auto given again to a resumed run is no conflict
+    code, err = run_main(capsys, "train", "--resume", str(long.path), "--compile", "auto")
+    assert code == 2 and "already completed 4 epochs" in err, err

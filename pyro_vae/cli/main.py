@@ -13,7 +13,7 @@ from pyro_vae.data.files import is_data_file
 from pyro_vae.data.images import BINARIZATIONS, DATASETS
 from pyro_vae.devices import DEVICES
 from pyro_vae.errors import Stopped, TrainingInterrupted, UserError, stop_on_signals
-from pyro_vae.infer.compiled import COMPILE_CHOICES
+from pyro_vae.infer.compiled import AUTO_COMPILE_STEPS, COMPILE_CHOICES
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
@@ -397,7 +397,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         choices=COMPILE_CHOICES,
         default=d.compile,
         help="on: SVI and EM steps by a graph of the loss and its gradients, traced once per "
-        "minibatch shape and compiled (a few seconds, said once); off: eager steps",
+        "minibatch shape and compiled (a few seconds, said once); off: eager steps; auto: on "
+        f"for SVI or EM on the CPU with --epochs x minibatches >= {AUTO_COMPILE_STEPS:,} "
+        "(where compiling pays), decided when the run starts and recorded",
     )
     train.add_argument(
         "--algo",

@@ -47,10 +47,17 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from pyro_vae.devices import forked_rng
 from pyro_vae.models.base import LatentModel
 
-__all__ = ["COMPILE_CHOICES", "CompiledLoss"]
+__all__ = ["AUTO_COMPILE_STEPS", "COMPILE_CHOICES", "CompiledLoss"]
 
-#: ``--compile`` settings.
-COMPILE_CHOICES = ("on", "off")
+#: ``--compile`` settings; ``auto``, the default, is settled as ``on`` or ``off`` once, when a
+#: run is created (:func:`pyro_vae.runs.fit.setup`), and recorded so.
+COMPILE_CHOICES = ("auto", "on", "off")
+#: ``--compile auto`` compiles an SVI or EM run on the CPU of at least this many minibatches
+#: (epochs x minibatches per epoch). A run compiles two graphs (the full and the last minibatch),
+#: about 30 s with the inductor cache on this 2-core machine (2-10 s per graph warm, 15-55 s
+#: cold), and every compiled step saves at least Pyro's fixed cost of about 1.3 ms (more on the
+#: default network): 30 s / 1.3 ms = 23,000 steps to pay back, rounded up (docs/benchmarks.md).
+AUTO_COMPILE_STEPS = 25_000
 
 #: Pyro's ELBO modules whose ``differentiable_loss`` reads the loss back into a Python float
 #: (``torch_item``) and checks it for NaN in Python (``warn_if_nan``).

@@ -40,6 +40,7 @@ __all__ = [
     "ALGOS",
     "AGGRESSIVE_VAL_SIZE",
     "PART_FIELDS",
+    "RECORD_DEFAULTS",
     "SEEDS",
     "check_parts",
     "unread_settings",
@@ -51,6 +52,9 @@ ALGOS = ("svi", "em", "mcem")
 AGGRESSIVE_VAL_SIZE = 1000
 #: The settings that name a part by a spec (a built-in name or a plugin; pyro_vae/plugins.py).
 PART_FIELDS = ("model", "likelihood", "prior", "encoder", "decoder")
+#: Settings whose default changed, with what a run's record (config.json, a checkpoint) that
+#: lacks them meant: a run from before ``--compile`` existed stepped eagerly.
+RECORD_DEFAULTS = {"compile": "off"}
 #: The seeds numpy accepts (``--seed``).
 SEEDS = range(2**32)
 
@@ -125,7 +129,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
-    compile: str = "off"  # on | off: SVI and EM steps by a compiled graph (infer/compiled.py)
+    # auto | on | off: SVI and EM steps by a compiled graph (infer/compiled.py); auto is
+    # settled as on or off when a run is created (fit.setup) and recorded so
+    compile: str = "auto"
     # variational EM (--algo em; see pyro_vae/infer/em.py)
     e_rule: str = "converge"
     e_steps: int = 5
@@ -360,14 +366,15 @@ class TrainConfig:
     def from_dict(cls, d: Mapping, source: str = "the saved settings") -> "TrainConfig":
         """Settings as :meth:`to_dict` wrote them (a run's config.json, a checkpoint's), each
         checked against its field's type: a wrong type is a :class:`UserError` naming the
-        setting and ``source``. Unknown keys and command-line-only settings are ignored.
-        :meth:`validate` checks the values."""
+        setting and ``source``. Unknown keys and command-line-only settings are ignored; a
+        setting in :data:`RECORD_DEFAULTS` that ``d`` lacks takes its value there (an older
+        run's record). :meth:`validate` checks the values."""
         if not isinstance(d, Mapping):
             raise UserError(f"{source} does not hold a table of settings")
         hints = typing.get_type_hints(cls)
         kwargs = {
             key: checked_setting(source, key, value, hints[key])
-            for key, value in d.items()
+            for key, value in {**RECORD_DEFAULTS, **d}.items()
             if key in hints and key not in COMMAND_LINE_ONLY
         }
         for name in unread_settings(kwargs.get("model", cls.model)):  # an older run's record

@@ -41,7 +41,7 @@ COMMAND_LINE_ONLY = ("trust_plugins",)
 def read_config_file(path: str | Path) -> dict:
     """The settings in ``path`` (TOML, or JSON for a ``.json`` file), checked and converted to
     the types of :class:`~pyro_vae.runs.config.TrainConfig`'s fields."""
-    from pyro_vae.runs.config import TrainConfig, unread_settings
+    from pyro_vae.runs.config import RECORD_DEFAULTS, TrainConfig, unread_settings
 
     path = Path(path)
     is_json = path.suffix == ".json"
@@ -83,6 +83,7 @@ def read_config_file(path: str | Path) -> dict:
     if is_json:  # a run's record from before it left out what its model does not read
         for name in unread_settings(settings.get("model", TrainConfig.model)):
             settings.pop(name, None)
+        settings = {**RECORD_DEFAULTS, **settings}  # ... or from before a default changed
     return settings
 
 

@@ -46,6 +46,7 @@ from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import write_figures
 from pyro_vae.evaluation.metrics import heldout_metrics, log_likelihood_mean_sem
 from pyro_vae.evaluation.mutual_info import mutual_information
+from pyro_vae.infer.compiled import AUTO_COMPILE_STEPS
 from pyro_vae.infer.em import EMTrainer
 from pyro_vae.infer.mcem import MCEMTrainer
 from pyro_vae.infer.objectives import make_objective
@@ -59,7 +60,7 @@ from pyro_vae.runs.early_stopping import BestEpoch
 from pyro_vae.runs.files import FolderLock, WriteFailed
 from pyro_vae.runs.folder import CHECKPOINTS, Run, default_run_dir
 from pyro_vae.runs.limits import allocating
-from pyro_vae.runs.resume import restore, rng_states
+from pyro_vae.runs.resume import restore, rng_states, saved_settings
 from pyro_vae.runs.tensorboard import Board
 
 Trainer = SVITrainer | EMTrainer | MCEMTrainer
@@ -75,6 +76,7 @@ __all__ = [
     "heldout_columns",
     "prepare_model",
     "check_run_data",
+    "settle_compile",
 ]
 
 
@@ -104,6 +106,7 @@ def setup(
     pyro.set_rng_seed(config.seed)  # torch, numpy and random
     data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and binarization
     data = run_data(config)
+    settle_compile(config, data.train.shape[0])
     if data.test_split is not None:  # a data file's held-out test set: config.json says so
         config.test_split = data.test_split
     # a resumed run's parts are named by its config.json
@@ -187,6 +190,30 @@ def make_trainer(config: TrainConfig, vae: LatentModel, data: ImageData) -> Trai
         compile=config.compile == "on",
         report=_compile_report(config),
     )
+
+
+def settle_compile(config: TrainConfig, train_size: int) -> None:
+    """Settle ``--compile auto`` as ``on`` or ``off``, once, when the run is created, and say
+    which in one line: on for SVI or variational EM on the CPU when the run has at least
+    :data:`~pyro_vae.infer.compiled.AUTO_COMPILE_STEPS` minibatches (``--epochs`` x minibatches
+    of ``train_size`` images), where the compile pays for itself. config.json and every
+    checkpoint record the outcome, so a resumed run steps as it began, whatever ``--epochs`` it
+    is given; a run resumed from Python with ``auto`` takes its recorded setting."""
+    if config.compile != "auto":
+        return
+    if config.resume:
+        config.compile = saved_settings(config.resume).compile
+        return
+    steps = config.epochs * math.ceil(train_size / global_batch_size(config))
+    pays = steps >= AUTO_COMPILE_STEPS
+    why = f"{steps:,} minibatch steps, {'at least' if pays else 'under'} the "
+    why += f"{AUTO_COMPILE_STEPS:,} that pay for compiling"
+    if config.algo == "mcem":
+        pays, why = False, "--algo mcem steps eagerly"
+    elif config.device != "cpu":
+        pays, why = False, f"the compiled step is untested on {config.device}"
+    config.compile = "on" if pays else "off"
+    _compile_report(config)(f"--compile auto: {'compiled' if pays else 'eager'} steps ({why})")
 
 
 def _compile_report(config: TrainConfig) -> Callable[[str], None]:

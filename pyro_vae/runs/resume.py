@@ -26,7 +26,7 @@ from pyro_vae.plugins import absolute_file_spec
 from pyro_vae.runs.config import PART_FIELDS, TrainConfig, check_parts
 from pyro_vae.runs.folder import Run
 
-__all__ = ["resume_config", "restore", "rng_states", "set_rng_states"]
+__all__ = ["resume_config", "restore", "rng_states", "saved_settings", "set_rng_states"]
 
 # Settings a resumed run may change: they do not alter what the remaining epochs compute.
 ADJUSTABLE = (
@@ -50,11 +50,11 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
     part named again by a flag is the user's: its plugin may lie inside the run folder.
     """
     run = Run(requested.resume)
-    if not run.checkpoint_path.exists() and not run.checkpoint_path.is_symlink():
-        _refuse_without_checkpoint(run)  # anything else there is refused when it is read
-    saved = _saved_config(run)
+    saved = saved_settings(run.path)
     for name in sorted(given - set(ADJUSTABLE) - set(NOT_SETTINGS)):
         new, old = getattr(requested, name), getattr(saved, name)
+        if name == "compile" and new == "auto":  # settled when the run was created
+            continue
         if isinstance(new, str):  # a plugin file is recorded with its absolute path
             new = absolute_file_spec(new)
         if new != old:
@@ -76,6 +76,15 @@ def resume_config(requested: TrainConfig, given: set[str]) -> TrainConfig:
         return saved.validate()
     except UserError as exc:
         raise UserError(f"the saved settings of {run.path}: {exc}") from None
+
+
+def saved_settings(run_dir: str | Path) -> TrainConfig:
+    """The settings a run folder with a checkpoint recorded (config.json, else the
+    checkpoint's), unchecked; a :class:`UserError` for a folder with nothing to resume."""
+    run = Run(run_dir)
+    if not run.checkpoint_path.exists() and not run.checkpoint_path.is_symlink():
+        _refuse_without_checkpoint(run)  # anything else there is refused when it is read
+    return _saved_config(run)
 
 
 def _refuse_without_checkpoint(run: Run) -> None:
