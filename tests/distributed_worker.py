@@ -41,7 +41,10 @@ def main(argv: list[str]) -> None:
     ]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"vae": vae.state_dict(), "losses": losses}, out / f"rank{distributed.rank()}.pt")
+    compiled = getattr(trainer, "compiled", None)
+    graphs = len(compiled._graphs) if compiled is not None else 0  # graphs the steps replayed
+    saved = {"vae": vae.state_dict(), "losses": losses, "compiled_graphs": graphs}
+    torch.save(saved, out / f"rank{distributed.rank()}.pt")
 
 
 if __name__ == "__main__":

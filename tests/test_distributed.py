@@ -147,6 +147,26 @@ def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
     [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
     ids=["svi", "em-fixed"],
 )
+def test_compiled_steps_under_torchrun_keep_the_ranks_equal(fake_data_dir, tmp_path, algo):
+    """``--compile on`` under torchrun: each rank replays its own compiled graph on its shard,
+    the gradients it fills are summed over ranks as the eager ones are, so the ranks' parameters
+    stay bitwise equal and the loss falls."""
+    ranks = worker(
+        fake_data_dir, tmp_path, "--epochs", "3", "--batch-size", "50", "--compile", "on", *algo
+    )
+    first, second = ranks[0]["vae"], ranks[1]["vae"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+    assert all(rank["compiled_graphs"] >= 1 for rank in ranks)  # not eager steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "algo",
+    [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
+    ids=["svi", "em-fixed"],
+)
 def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(fake_data_dir, tmp_path, algo):
     """Same seed, so the same shuffles and binarizations: 2 ranks x 30 images per step take the
     steps that 1 process takes on 60, including the uneven last minibatch (595 = 9 x 60 + 55,
