@@ -63,7 +63,7 @@ def main() -> None:
     def job() -> None:
         if min(args.vae_epochs, args.vae_sequences, args.limit, args.samples) < 1:
             raise UserError("--vae-epochs, --vae-sequences, --limit and --samples must be positive")
-        model, data, _ = load_run(args.run_dir, args.data_dir)
+        model, data, epoch = load_run(args.run_dir, args.data_dir)
         figures = Path(args.run_dir) / "figures"
         check_writable(figures, root=args.run_dir)  # before the work; never through a link
         if not getattr(model, "sequences", False):
@@ -89,6 +89,8 @@ def main() -> None:
             image_shape=data.image_shape,
         )
         result["goals"] = rollout_goals(result)
+        result["epoch"] = epoch
+        result["frame_vae"] = {"epochs": args.vae_epochs, "sequences": args.vae_sequences}
         write_file(Path(args.run_dir) / "rollouts.json", json.dumps(result, indent=2) + "\n")
         print(f"{len(test)} test sequences, {args.samples} rollouts each")
         print(

@@ -167,6 +167,7 @@ def rollout_metrics(
         return torch.cat(parts[key], dim=-1).double().mean().item() if key in parts else None
 
     result = {
+        "rollout_sequences": x.shape[0],
         "rollout_context": context,
         "rollout_samples": samples,
         "rollout_bce": per_horizon("bce"),
