@@ -5,8 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_cli import run_main
 
+from pyro_vae import load_run
+from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import Run
 
@@ -39,3 +42,54 @@ def test_the_committed_run_evaluates_from_its_files(real_data_dir, tmp_path, cap
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["epoch"] == 3280 and result["num_test"] == 50
     assert not (RESULT / ".pyro-vae-write-test").exists()
+
+
+# --- the TD-VAE on moving MNIST (issue 34) ----------------------------------------------------
+TDVAE = ROOT / "docs" / "results" / "tdvae-moving-mnist"
+
+
+def _recipe_settings(recipe: Path) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in read_config_file(recipe).items()}
+
+
+def test_the_committed_tdvae_run_is_its_recipe_trained_to_the_end():
+    config = json.loads((TDVAE / "config.json").read_text())
+    recipe = _recipe_settings(ROOT / "recipes" / "tdvae-moving-mnist.toml")
+    assert {k: config[k] for k in recipe} == recipe
+    rows = Run(TDVAE).read_metrics()
+    assert [int(r["epoch"]) for r in rows] == list(range(1, config["epochs"] + 1))
+    assert Run(TDVAE).load_checkpoint()["epoch"] == config["epochs"]
+    hours = sum(float(r["seconds"]) for r in rows) / 3600
+    assert f"{hours:.1f} h" in (ROOT / "docs" / "tdvae.md").read_text()
+
+
+def test_the_committed_rollouts_are_scored_as_the_docs_say():
+    """rollouts.json is examples/tdvae_rollouts.py's output on the committed checkpoint; its
+    goals follow from its numbers, and docs/tdvae.md quotes them."""
+    result = json.loads((TDVAE / "rollouts.json").read_text())
+    config = json.loads((TDVAE / "config.json").read_text())
+    assert result["epoch"] == config["epochs"]
+    assert (result["rollout_sequences"], result["rollout_samples"]) == (1000, 5)
+    assert result["rollout_context"] == 10 and len(result["rollout_bce"]) == 10
+    assert result["goals"] == rollout_goals(result)
+    docs = (ROOT / "docs" / "tdvae.md").read_text()
+    assert f"{result['rollout_direction']:.1%}" in docs
+    for h in range(10):
+        assert f"{result['rollout_bce'][h]:.1f}" in docs
+        assert f"{result['identity_rollout'][h]:.1%}" in docs
+        assert f"{result['displacement'][h]:.2f}" in docs
+    assert (TDVAE / "figures" / "rollouts.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_committed_tdvae_rolls_out_from_its_files(real_data_dir):
+    """The checkpoint alone, on 100 of the same test sequences with 2 rollouts each: the
+    direction and the displacement stay near the committed figures (another subset and fewer
+    draws: a tolerance, not equality)."""
+    result = json.loads((TDVAE / "rollouts.json").read_text())
+    model, data, _ = load_run(TDVAE, str(real_data_dir))
+    torch.manual_seed(0)
+    subset = rollout_metrics(model, data.test[:100], samples=2)
+    assert subset["rollout_direction"] >= result["rollout_direction"] - 0.05
+    for got, committed in zip(subset["displacement"], result["displacement"], strict=True):
+        assert abs(got - committed) < 0.75
