@@ -105,7 +105,17 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(fake_data_dir, 
 def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(fake_data_dir, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        train_cmd(fake_data_dir, run, "--epochs", "200", "--checkpoint-every", "1000"),
+        # epochs enough that no loaded machine finishes them before the signal arrives
+        train_cmd(
+            fake_data_dir,
+            run,
+            "--epochs",
+            "100000",
+            "--checkpoint-every",
+            "1000000",
+            "--compile",
+            "off",
+        ),
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_cli import run_main
 
-from pyro_vae import load_run
+from pyro_vae import load_run, load_vae
+from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import Run
@@ -93,3 +94,53 @@ def test_the_committed_tdvae_rolls_out_from_its_files(real_data_dir):
     assert subset["rollout_direction"] >= result["rollout_direction"] - 0.05
     for got, committed in zip(subset["displacement"], result["displacement"], strict=True):
         assert abs(got - committed) < 0.75
+
+
+# --- the VQ-VAE on MNIST and the priors fitted to its codes (issue 36) --------------------------
+VQVAE = ROOT / "docs" / "results" / "vqvae-mnist"
+PRIORS = ("uniform", "categorical", "transformer-4")
+
+
+def _prior_results() -> dict[str, dict]:
+    return {n: json.loads((VQVAE / "priors" / n / "eval.json").read_text()) for n in PRIORS}
+
+
+def test_the_committed_vqvae_run_is_its_recipe_with_the_docs_bounds():
+    config = json.loads((VQVAE / "config.json").read_text())
+    recipe = _recipe_settings(ROOT / "recipes" / "vqvae-mnist.toml")
+    assert {k: config[k] for k in recipe} == recipe
+    rows = Run(VQVAE).read_metrics()
+    assert [int(r["epoch"]) for r in rows] == list(range(1, config["epochs"] + 1))
+    assert Run(VQVAE).load_checkpoint()["epoch"] == config["epochs"]
+    docs = (ROOT / "docs" / "vqvae.md").read_text()
+    for name, result in _prior_results().items():
+        assert (result["num_test"], result["stage1_epoch"]) == (10000, config["epochs"]), name
+        for key in ("test_bound", "test_code_nll"):
+            assert f"{result[key]:.2f}" in docs, (name, key)
+    assert _prior_results()["transformer-4"]["epochs"] == 30
+    stage1 = json.loads((VQVAE / "eval.json").read_text())
+    assert stage1["num_test"] == 10000 and f"{stage1['codes_used']} of 16" in docs
+
+
+def test_the_committed_sample_scores_are_the_docs():
+    """sample_quality.json is examples/sample_quality.py's output for this run and the Burda
+    VAE; docs/vqvae.md quotes every inception score in it."""
+    scores = json.loads((VQVAE / "sample_quality.json").read_text())
+    docs = (ROOT / "docs" / "vqvae.md").read_text()
+    labels = " ".join(scores)
+    for prior in PRIORS:
+        assert f"{prior} prior" in labels
+    for label, row in scores.items():
+        assert f"{row['inception_score']:.2f}" in docs, label
+
+
+@pytest.mark.slow
+def test_the_committed_vqvae_bound_recomputes_from_its_files(real_data_dir):
+    """The transformer prior's bound on the full test set, from the checkpoint and prior.pt
+    alone: the encoder is deterministic and so is the bound (float rounding aside)."""
+    model, data, _ = load_run(VQVAE, str(real_data_dir))
+    model = load_vae(str(VQVAE), prior="transformer-4", data=data)[0]
+    bound = evaluate_elbo(model, data.test)
+    committed = _prior_results()["transformer-4"]
+    assert bound["elbo"] == pytest.approx(committed["test_bound"], abs=0.01)
+    assert bound["kl"] == pytest.approx(committed["test_code_nll"], abs=0.01)
