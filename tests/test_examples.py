@@ -112,3 +112,42 @@ def test_sparse_activations_example_tables_the_units_against_the_plain_ae(fake_d
     assert "| 30 |" in rows["sparse rho=0.1"] and "| n/a |" in rows["ae"]
     proc = run_example("sparse_activations.py", "--rho", "1.5", env_data_dir=fake_data_dir)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_sample_quality_example_scores_each_prior_and_real_digits(
+    fake_data_dir, tmp_path, monkeypatch
+):
+    import json
+    import os
+
+    run = tmp_path / "vq"
+    train = [sys.executable, "-m", "pyro_vae", "train", "--model", "vqvae", "--codebook-size"]
+    train += ["8", "--code-dim", "4", "--epochs", "1", "--quiet", "--out", str(run)]
+    env = {**os.environ, "PYRO_VAE_DATA_DIR": str(fake_data_dir), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(train, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
+    assert done.returncode == 0, done.stderr
+    fit = [sys.executable, "-m", "pyro_vae", "fit-prior", str(run), "--prior", "uniform"]
+    done = subprocess.run([*fit, "categorical", "--quiet"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "scores.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fake digits' classifier
+    proc = run_example(
+        "sample_quality.py",
+        str(run),
+        "--count",
+        "50",
+        "--out",
+        str(out),
+        env_data_dir=fake_data_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(out.read_text())
+    labels = list(scores)
+    assert labels[:2] == ["real test images (grey)", "real, binarized"]
+    assert any("reconstructions" in label for label in labels)
+    for prior in ("uniform", "categorical"):
+        assert any(label.endswith(f"{prior} prior") for label in labels), prior
+    assert all(1.0 <= row["inception_score"] <= 10.0 for row in scores.values())
+    bad = run_example("sample_quality.py", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
