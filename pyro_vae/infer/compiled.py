@@ -28,6 +28,7 @@ eagerly from then on, and :class:`CompiledLoss` reports why in one line, once.
 """
 
 import contextlib
+import logging
 import sys
 import time
 import traceback
@@ -244,6 +245,9 @@ class CompiledLoss:
             graphs = [make_fx(step, tracing_mode="fake")(inputs, x, kl) for _ in range(2)]
         if graphs[0].code != graphs[1].code:
             raise _NotTraceable("its programs build a different graph each time they run")
+        # inductor imports torch's C++ extension helper, which warns on a CUDA build of torch
+        # without a CUDA runtime ("No CUDA runtime is found"): noise for a CPU compile
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         compiled = torch.compile(
             graphs[0], fullgraph=True, dynamic=False, options={"fallback_random": True}
         )
