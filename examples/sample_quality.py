@@ -18,12 +18,13 @@ import torch
 
 from pyro_vae import load_run
 from pyro_vae.cli.main import run_cli
-from pyro_vae.data.images import load_images, recorded_data_dir
+from pyro_vae.data.images import load_images
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.digits import digit_classifier
 from pyro_vae.evaluation.sample_quality import classifier_scores
 from pyro_vae.runs.code_prior import fitted_priors, with_fitted_prior
 from pyro_vae.runs.files import write_file
+from pyro_vae.runs.folder import Run
 
 
 def run_rows(run_dir: str, count: int) -> tuple[list[tuple[str, torch.Tensor]], str | None]:
@@ -44,8 +45,7 @@ def run_rows(run_dir: str, count: int) -> tuple[list[tuple[str, torch.Tensor]], 
         torch.manual_seed(0)
         label = f"{name}: samples" + (f", {prior} prior" if prior else "")
         rows.append((label, torch.cat([model.sample(500) for _ in range(-(-count // 500))])))
-    recorded = json.loads((Path(run_dir) / "config.json").read_text()).get("data_dir")
-    return [(label, x[:count]) for label, x in rows], recorded_data_dir(recorded)
+    return [(label, x[:count]) for label, x in rows], Run(run_dir).data_dir()
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ import torch
 
 from pyro_vae import SVITrainer, build_vae, load_run, make_objective
 from pyro_vae.cli.main import run_cli
-from pyro_vae.data.images import recorded_data_dir
 from pyro_vae.data.sequences import frames
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.digits import digit_classifier
 from pyro_vae.evaluation.figures import plot_rollouts
 from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
 from pyro_vae.runs.files import check_writable, write_file
+from pyro_vae.runs.folder import Run
 
 
 def frame_vae(train: torch.Tensor, frame_dim: int, epochs: int, binarize: bool):
@@ -76,8 +76,7 @@ def main() -> None:
             data.binarize != "none",
         )
         test = data.test[: args.limit]
-        recorded = json.loads((Path(args.run_dir) / "config.json").read_text()).get("data_dir")
-        data_dir = args.data_dir or recorded_data_dir(recorded)
+        data_dir = args.data_dir or Run(args.run_dir).data_dir()
         classifier = digit_classifier(data_dir, args.classifier_cache)
         result = rollout_metrics(
             model,

@@ -74,6 +74,14 @@ def _launch_once(args: list[str], nproc: int | None) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(cmd + args, proc.returncode, out, err)
 
 
+#: The two trainers, as flags, for tests run once with each.
+SVI_AND_FIXED_EM = pytest.mark.parametrize(
+    "algo",
+    [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
+    ids=["svi", "em-fixed"],
+)
+
+
 def worker(data_dir: Path, out: Path, *extra: str, nproc: int | None = 2) -> list[dict]:
     """Run tests/distributed_worker.py; returns each rank's saved parameters and losses."""
     args = [str(WORKER), "--data-dir", str(data_dir), "--out", str(out), *FLAGS, *extra]
@@ -142,11 +150,7 @@ def test_two_ranks_end_with_bitwise_equal_parameters_and_a_falling_loss(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "algo",
-    [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
-    ids=["svi", "em-fixed"],
-)
+@SVI_AND_FIXED_EM
 def test_compiled_steps_under_torchrun_keep_the_ranks_equal(fake_data_dir, tmp_path, algo):
     """``--compile on`` under torchrun: each rank replays its own compiled graph on its shard,
     the gradients it fills are summed over ranks as the eager ones are, so the ranks' parameters
@@ -162,11 +166,7 @@ def test_compiled_steps_under_torchrun_keep_the_ranks_equal(fake_data_dir, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "algo",
-    [["--algo", "svi"], ["--algo", "em", "--e-rule", "fixed", "--e-steps", "2"]],
-    ids=["svi", "em-fixed"],
-)
+@SVI_AND_FIXED_EM
 def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(fake_data_dir, tmp_path, algo):
     """Same seed, so the same shuffles and binarizations: 2 ranks x 30 images per step take the
     steps that 1 process takes on 60, including the uneven last minibatch (595 = 9 x 60 + 55,

@@ -8,9 +8,10 @@ import pytest
 import torch
 from test_cli import run_main
 
-from pyro_vae import load_run, load_vae
+from pyro_vae import load_run
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.rollouts import rollout_goals, rollout_metrics
+from pyro_vae.runs.code_prior import with_fitted_prior
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import Run
 
@@ -19,10 +20,21 @@ RESULT = ROOT / "docs" / "results" / "burda2016-vae-k1"
 RECIPE = ROOT / "recipes" / "burda2016-vae-k1.toml"
 
 
-def test_the_committed_run_was_trained_with_its_recipe():
-    config = json.loads((RESULT / "config.json").read_text())
-    for name, value in read_config_file(RECIPE).items():
+def trained_by_its_recipe(result: Path, recipe: Path) -> tuple[dict, list[dict]]:
+    """A committed run's config.json and metrics rows, checked: every setting of ``recipe`` is
+    the run's, one metrics row per epoch, and the checkpoint is the last epoch's."""
+    config = json.loads((result / "config.json").read_text())
+    for name, value in read_config_file(recipe).items():
         assert config[name] == (list(value) if isinstance(value, tuple) else value), name
+    rows = Run(result).read_metrics()
+    assert [int(r["epoch"]) for r in rows] == list(range(1, config["epochs"] + 1))
+    assert Run(result).load_checkpoint()["epoch"] == config["epochs"]
+    return config, rows
+
+
+def test_the_committed_run_was_trained_with_its_recipe():
+    config, _ = trained_by_its_recipe(RESULT, RECIPE)
+    assert config["epochs"] == 3280
 
 
 def test_the_committed_evaluation_is_the_full_test_set_at_k_5000():
@@ -49,17 +61,8 @@ def test_the_committed_run_evaluates_from_its_files(real_data_dir, tmp_path, cap
 TDVAE = ROOT / "docs" / "results" / "tdvae-moving-mnist"
 
 
-def _recipe_settings(recipe: Path) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in read_config_file(recipe).items()}
-
-
 def test_the_committed_tdvae_run_is_its_recipe_trained_to_the_end():
-    config = json.loads((TDVAE / "config.json").read_text())
-    recipe = _recipe_settings(ROOT / "recipes" / "tdvae-moving-mnist.toml")
-    assert {k: config[k] for k in recipe} == recipe
-    rows = Run(TDVAE).read_metrics()
-    assert [int(r["epoch"]) for r in rows] == list(range(1, config["epochs"] + 1))
-    assert Run(TDVAE).load_checkpoint()["epoch"] == config["epochs"]
+    _, rows = trained_by_its_recipe(TDVAE, ROOT / "recipes" / "tdvae-moving-mnist.toml")
     hours = sum(float(r["seconds"]) for r in rows) / 3600
     assert f"{hours:.1f} h" in (ROOT / "docs" / "tdvae.md").read_text()
 
@@ -106,12 +109,7 @@ def _prior_results() -> dict[str, dict]:
 
 
 def test_the_committed_vqvae_run_is_its_recipe_with_the_docs_bounds():
-    config = json.loads((VQVAE / "config.json").read_text())
-    recipe = _recipe_settings(ROOT / "recipes" / "vqvae-mnist.toml")
-    assert {k: config[k] for k in recipe} == recipe
-    rows = Run(VQVAE).read_metrics()
-    assert [int(r["epoch"]) for r in rows] == list(range(1, config["epochs"] + 1))
-    assert Run(VQVAE).load_checkpoint()["epoch"] == config["epochs"]
+    config, _ = trained_by_its_recipe(VQVAE, ROOT / "recipes" / "vqvae-mnist.toml")
     docs = (ROOT / "docs" / "vqvae.md").read_text()
     for name, result in _prior_results().items():
         assert (result["num_test"], result["stage1_epoch"]) == (10000, config["epochs"]), name
@@ -139,7 +137,7 @@ def test_the_committed_vqvae_bound_recomputes_from_its_files(real_data_dir):
     """The transformer prior's bound on the full test set, from the checkpoint and prior.pt
     alone: the encoder is deterministic and so is the bound (float rounding aside)."""
     model, data, _ = load_run(VQVAE, str(real_data_dir))
-    model = load_vae(str(VQVAE), prior="transformer-4", data=data)[0]
+    model = with_fitted_prior(model, VQVAE, "transformer-4")
     bound = evaluate_elbo(model, data.test)
     committed = _prior_results()["transformer-4"]
     assert bound["elbo"] == pytest.approx(committed["test_bound"], abs=0.01)

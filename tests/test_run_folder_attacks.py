@@ -8,6 +8,7 @@ reads; the tests run the commands a user would run on the folder.
 """
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -24,6 +25,7 @@ from test_tdvae import td_config
 from test_vqvae import vq_config
 
 from pyro_vae import fit
+from pyro_vae.errors import UserError
 from pyro_vae.runs import files
 from pyro_vae.runs.files import READ_LIMITS
 from pyro_vae.runs.folder import Run
@@ -372,3 +374,22 @@ def test_a_new_run_on_a_full_disk_is_one_line(fake_data_dir, tmp_path, monkeypat
     code, err = run_main(capsys, *argv, "--z-dim", "2", "--hidden-dims", "8", "--out", str(out))
     assert code == 4 and one_line(err), err
     assert f"cannot write {out / '.lock'}: no space left on the device" in err
+
+
+def test_the_recorded_data_dir_is_read_safely(tmp_path):
+    """``Run.data_dir`` (the examples' data folder): the recorded folder where it exists, None
+    for a missing, damaged or foreign one, and a config.json that is no file is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert Run(run).data_dir() is None  # no config.json
+    (run / "config.json").write_text(json.dumps({"data_dir": str(tmp_path)}))
+    assert Run(run).data_dir() == str(tmp_path)
+    (run / "config.json").write_text(json.dumps({"data_dir": str(tmp_path / "elsewhere")}))
+    assert Run(run).data_dir() is None
+    for damaged in ("{not json", "[1, 2]", json.dumps({"data_dir": 7})):
+        (run / "config.json").write_text(damaged)
+        assert Run(run).data_dir() is None, damaged
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")  # a read would block forever
+    with pytest.raises(UserError, match="not a regular file"):
+        Run(run).data_dir()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.data.images import recorded_data_dir
 from pyro_vae.errors import UserError
 from pyro_vae.runs.files import (
     WriteFailed,
@@ -142,6 +143,18 @@ class Run:
 
     def read_config(self) -> dict:
         return json.loads(read_file(self.config_path, "config.json"))
+
+    def data_dir(self) -> str | None:
+        """The data folder config.json records, where it exists on this machine
+        (:func:`~pyro_vae.data.images.recorded_data_dir`); None when config.json is missing,
+        damaged or records none, so that ``PYRO_VAE_DATA_DIR`` or the download cache applies.
+        A config.json that is not a regular file, or too large, is refused as every read of
+        a run file is (:class:`UserError`)."""
+        try:
+            recorded = self.read_config().get("data_dir")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return recorded_data_dir(recorded if isinstance(recorded, str) else None)
 
     def log(self, row: dict) -> None:
         """Append one row to ``metrics.csv`` (the header is written with the first row).
