@@ -6,8 +6,10 @@ prior, see ``pyro-vae fit-prior``):
     python examples/sample_quality.py runs/vqvae-mnist docs/results/burda2016-vae-k1
 
 Images are the means of p(x | z) (what ``pyro-vae plot`` shows); real test images are given
-both as MNIST stores them (grey) and binarized once, as the runs' test sets are. Prints a
-table; ``--out FILE`` also writes it as JSON.
+both as MNIST stores them (grey) and binarized once, as the runs' test sets are.
+``--temperatures 1 0.8`` samples each fitted code prior at each temperature (logits divided by
+T: T < 1 trades variety for sharper grids; the bounds are those of T = 1). Prints a table;
+``--out FILE`` also writes it as JSON.
 """
 
 import argparse
@@ -27,9 +29,12 @@ from pyro_vae.runs.files import write_file
 from pyro_vae.runs.folder import Run
 
 
-def run_rows(run_dir: str, count: int) -> tuple[list[tuple[str, torch.Tensor]], str | None]:
+def run_rows(
+    run_dir: str, count: int, temperatures: tuple[float, ...] = (1.0,)
+) -> tuple[list[tuple[str, torch.Tensor]], str | None]:
     """(label, images) of one run: its reconstructions of the first ``count`` test images and
-    ``count`` samples per prior; and the data folder it was trained on."""
+    ``count`` samples per prior (a fitted code prior: per temperature of ``temperatures``); and
+    the data folder it was trained on."""
     model, data, epoch = load_run(run_dir)
     name = f"{Path(run_dir).name} ({type(model).__name__}, epoch {epoch})"
     if data.frame_dim != 784:
@@ -42,9 +47,14 @@ def run_rows(run_dir: str, count: int) -> tuple[list[tuple[str, torch.Tensor]], 
         if not hasattr(model, "sample"):
             print(f"{name} draws no samples (no sample method): reconstructions only")
             break
-        torch.manual_seed(0)
-        label = f"{name}: samples" + (f", {prior} prior" if prior else "")
-        rows.append((label, torch.cat([model.sample(500) for _ in range(-(-count // 500))])))
+        for temperature in temperatures if prior else (1.0,):
+            torch.manual_seed(0)
+            label = f"{name}: samples" + (f", {prior} prior" if prior else "")
+            options = {"temperature": temperature} if temperature != 1 else {}
+            if options:
+                label += f", temperature {temperature:g}"
+            batches = [model.sample(500, **options) for _ in range(-(-count // 500))]
+            rows.append((label, torch.cat(batches)))
     return [(label, x[:count]) for label, x in rows], Run(run_dir).data_dir()
 
 
@@ -53,15 +63,25 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--count", type=int, default=10000, help="images per row")
     parser.add_argument("--data-dir", default=None, help="MNIST folder for real images")
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="T",
+        help="sample each fitted code prior at these temperatures (logits / T; default 1)",
+    )
     parser.add_argument("--out", default=None, help="also write the scores as JSON here")
     args = parser.parse_args()
 
     def job() -> None:
         if args.count < 1:
             raise UserError("--count must be positive")
+        if not all(0 < t < float("inf") for t in args.temperatures):
+            raise UserError(f"--temperatures must be positive numbers, got {args.temperatures}")
         model_rows, data_dir = [], args.data_dir
         for run_dir in args.run_dirs:
-            rows, recorded = run_rows(run_dir, args.count)
+            rows, recorded = run_rows(run_dir, args.count, tuple(args.temperatures))
             model_rows += rows
             data_dir = data_dir or recorded
         real = load_images("mnist", train=False, data_dir=data_dir)[: args.count]

@@ -137,6 +137,9 @@ def test_sample_quality_example_scores_each_prior_and_real_digits(
         str(run),
         "--count",
         "50",
+        "--temperatures",
+        "1",
+        "0.5",
         "--out",
         str(out),
         env_data_dir=fake_data_dir,
@@ -148,6 +151,9 @@ def test_sample_quality_example_scores_each_prior_and_real_digits(
     assert any("reconstructions" in label for label in labels)
     for prior in ("uniform", "categorical"):
         assert any(label.endswith(f"{prior} prior") for label in labels), prior
+        assert any(label.endswith(f"{prior} prior, temperature 0.5") for label in labels), prior
     assert all(1.0 <= row["inception_score"] <= 10.0 for row in scores.values())
     bad = run_example("sample_quality.py", str(tmp_path / "missing"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    bad = run_example("sample_quality.py", str(run), "--temperatures", "0")
+    assert bad.returncode == 2 and "--temperatures" in bad.stderr, bad.stderr

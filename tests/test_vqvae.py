@@ -6,6 +6,7 @@ hand, the code priors' causality, normalisation and sampling, EM's frozen sides,
 prior's M-step, and the run system end to end.
 """
 
+import functools
 import itertools
 import json
 import math
@@ -34,6 +35,7 @@ from pyro_vae import (
 )
 from pyro_vae.cli.main import main
 from pyro_vae.cli.posthoc import evaluate_run, plot_run
+from pyro_vae.models.code_priors import tempered
 from pyro_vae.models.codebook import ema_update, nearest_code
 from pyro_vae.models.likelihoods import BernoulliLikelihood
 from pyro_vae.models.networks import GridMLPDecoder, GridMLPEncoder
@@ -169,8 +171,9 @@ def all_grids(num_codes: int, positions: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(num_codes), repeat=positions)))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 @pytest.mark.parametrize("kind", ["uniform", "categorical", "transformer"])
-def test_code_priors_normalise_on_a_tiny_grid(kind):
+def test_code_priors_normalise_on_a_tiny_grid(kind, temperature):
     prior = {
         "uniform": lambda: UniformCodePrior(3, 3),
         "categorical": lambda: CategoricalCodePrior(3, 3),
@@ -179,21 +182,59 @@ def test_code_priors_normalise_on_a_tiny_grid(kind):
     with torch.no_grad():
         for p in prior.parameters():
             p.add_(torch.randn_like(p))
-        total = torch.logsumexp(prior().log_prob(all_grids(3, 3)), 0)
+        total = torch.logsumexp(tempered(prior, temperature).log_prob(all_grids(3, 3)), 0)
     assert total.item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_ancestral_samples_have_the_frequencies_log_prob_gives():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_ancestral_samples_have_the_frequencies_log_prob_gives(temperature):
     prior = TransformerCodePrior(2, 3, num_layers=1, width=8, heads=2)
     with torch.no_grad():
         for p in prior.parameters():
             p.add_(torch.randn_like(p))
     grids = all_grids(2, 3)
-    probs = prior().log_prob(grids).exp().detach()
-    samples = prior().sample((20000,))
+    probs = prior(temperature).log_prob(grids).exp().detach()
+    samples = prior(temperature).sample((20000,))
     index = (samples * torch.tensor([4, 2, 1])).sum(-1)
     freq = torch.bincount(index, minlength=8).double() / len(samples)
     assert (freq - probs.double()).abs().max() < 0.015
+
+
+def test_a_temperature_raises_each_conditional_to_the_power_one_over_t():
+    """Categorical: pi_T proportional to pi^(1/T); transformer: each conditional likewise, so at
+    T -> 0 ancestral sampling is greedy and T = 1 is the fitted prior itself."""
+    prior = CategoricalCodePrior(4, 2)
+    with torch.no_grad():
+        prior.logits.copy_(torch.randn(2, 4))
+    pi = prior.logits.softmax(-1)
+    expected = (pi**2 / (pi**2).sum(-1, keepdim=True)).log()
+    assert torch.allclose(prior(0.5).base_dist.logits, expected, atol=1e-6)
+    transformer = TransformerCodePrior(3, 4, num_layers=1, width=8, heads=2)
+    k = torch.randint(3, (5, 4))
+    assert torch.equal(tempered(transformer, 1.0).log_prob(k), transformer().log_prob(k))
+    greedy = transformer(1e-4).sample((3,))
+    for i in range(4):  # every draw is the argmax of its conditional
+        assert torch.equal(greedy[:, i], transformer.logits(greedy)[:, i].argmax(-1))
+
+
+def test_a_prefix_gives_the_transformers_logits_of_the_whole_grid():
+    prior = TransformerCodePrior(5, 6, num_layers=2, width=16, heads=2)
+    k = torch.randint(5, (3, 6))
+    for length in range(1, 7):
+        assert torch.allclose(prior.logits(k[:, :length]), prior.logits(k)[:, :length], atol=1e-6)
+
+
+def test_temperatures_a_prior_cannot_take_are_clear_errors():
+    class NoTemperature(torch.nn.Module):
+        def forward(self):
+            return UniformCodePrior(3, 2)()
+
+    assert tempered(NoTemperature(), 1.0).event_shape == (2,)
+    with pytest.raises(UserError, match="takes no temperature"):
+        tempered(NoTemperature(), 0.5)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(UserError, match="positive number"):
+            tempered(TransformerCodePrior(3, 2, num_layers=1, width=8, heads=2), bad)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -455,12 +496,17 @@ def copy_run(run, tmp_path, **changes):
     return copy
 
 
-def test_a_killed_prior_fit_resumes_where_it_stopped(vq_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_killed_prior_fit_resumes_where_it_stopped(
+    vq_run, tmp_path, monkeypatch, capsys, schedule
+):
     import pyro_vae.runs.code_prior as stage2
+
+    fit_prior = functools.partial(fit_code_prior, lr_schedule=schedule)
 
     run = copy_run(vq_run, tmp_path)
     straight = TransformerCodePrior(8, 4, num_layers=1)  # rebuilt under the fit's seed
-    fit_code_prior(run, prior=straight, name="straight", epochs=3, quiet=True)
+    fit_prior(run, prior=straight, name="straight", epochs=3, quiet=True)
 
     real_grids = stage2.TrainingCodes.grids
 
@@ -471,13 +517,13 @@ def test_a_killed_prior_fit_resumes_where_it_stopped(vq_run, tmp_path, monkeypat
 
     monkeypatch.setattr(stage2.TrainingCodes, "grids", killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        fit_code_prior(run, "transformer:1", epochs=3, quiet=True)
+        fit_prior(run, "transformer:1", epochs=3, quiet=True)
     folder = run / "priors" / "transformer-1"
     assert not (folder / "prior.pt").exists()  # not done, but epoch 1 is kept:
     assert len(torch.load(folder / "checkpoint.pt", weights_only=True)["rows"]) == 1
     monkeypatch.setattr(stage2.TrainingCodes, "grids", real_grids)
     capsys.readouterr()
-    fit_code_prior(run, "transformer:1", epochs=3)
+    fit_prior(run, "transformer:1", epochs=3)
     out = capsys.readouterr().out
     assert "transformer-1: resuming after epoch 1" in out
     assert "epoch   1/3" not in out and "epoch   3/3" in out
@@ -487,12 +533,52 @@ def test_a_killed_prior_fit_resumes_where_it_stopped(vq_run, tmp_path, monkeypat
         assert torch.equal(value, resumed[key]), key
     rows = (folder / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    rates = [float(r.split(",")[-1]) for r in rows[1:]]
+    if schedule == "cosine":  # the rate of epoch n + 1: lr (1 + cos(pi n / E)) / 2
+        assert rates == pytest.approx(
+            [1e-3 * (1 + math.cos(math.pi * n / 3)) / 2 for n in range(3)]
+        )
+    else:
+        assert rates == [1e-3] * 3
     # more epochs extend the finished fit; other settings start afresh
-    fit_code_prior(run, "transformer:1", epochs=4, quiet=True)
+    fit_prior(run, "transformer:1", epochs=4, quiet=True)
     assert torch.load(folder / "prior.pt", weights_only=True)["epochs"] == 4
-    fit_code_prior(run, "transformer:1", epochs=1, lr=3e-3)
+    fit_prior(run, "transformer:1", epochs=1, lr=3e-3)
     assert "made with other settings; fitting afresh" in capsys.readouterr().out
     assert torch.load(folder / "prior.pt", weights_only=True)["epochs"] == 1
+
+
+def test_a_prior_checkpoint_from_before_schedules_resumes_as_constant(vq_run, tmp_path, capsys):
+    run = copy_run(vq_run, tmp_path)
+    fit_code_prior(run, "transformer:1", epochs=1, quiet=True)
+    path = run / "priors" / "transformer-1" / "checkpoint.pt"
+    old = torch.load(path, weights_only=True)
+    for key in ("lr_schedule", "schedule"):
+        del old[key]
+    del old["rows"][0]["lr"]
+    torch.save(old, path)
+    fit_code_prior(run, "transformer:1", epochs=2)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    rows = (path.parent / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith(",lr") and rows[1].endswith(",") and rows[2].endswith(",0.001")
+    with pytest.raises(UserError, match="--lr-schedule must be one of"):
+        fit_code_prior(run, "transformer:1", lr_schedule="plateau")
+
+
+@pytest.mark.parametrize("damage", ["rows", "state", "schedule"])
+def test_a_damaged_prior_checkpoint_is_one_line_and_kept(vq_run, tmp_path, capsys, damage):
+    run = copy_run(vq_run, tmp_path)
+    fit_code_prior(run, "transformer:1", epochs=1, lr_schedule="cosine", quiet=True)
+    path = run / "priors" / "transformer-1" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=True)
+    saved[damage] = {"rows": 7, "state": {"nonsense": torch.zeros(2)}, "schedule": [{}, {}]}[damage]
+    torch.save(saved, path)
+    before = path.read_bytes()
+    argv = ["fit-prior", str(run), "--prior", "transformer:1", "--epochs", "2"]
+    assert main([*argv, "--lr-schedule", "cosine"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be resumed" in err and "move it away" in err and err.count("\n") == 1
+    assert path.read_bytes() == before
 
 
 def test_fit_prior_names_the_prior_on_every_line_and_shows_progress(vq_run, tmp_path, capsys):
@@ -557,6 +643,9 @@ def test_load_vae_gives_the_vqvae_with_a_fitted_prior_and_plot_draws_from_each(v
     expected = {"samples-categorical.png", "samples-transformer-1.png", "samples-laplace.png"}
     assert {"samples.png"} | expected <= names
     assert (run / "figures" / "samples-transformer-1.png").is_file()
+    assert model.sample(3, temperature=0.5).shape == (3, 784)
+    main(["plot", str(run), "--temperature", "0.5"])
+    assert (run / "figures" / "samples-transformer-1-t0.5.png").is_file()
 
 
 def test_a_run_that_uses_few_codes_ends_with_a_hint(vq_run, capsys):

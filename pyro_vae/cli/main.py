@@ -17,7 +17,7 @@ from pyro_vae.infer.compiled import AUTO_COMPILE_STEPS, COMPILE_CHOICES
 from pyro_vae.infer.em import E_RULES
 from pyro_vae.infer.objectives import OBJECTIVES
 from pyro_vae.infer.posterior_sampling import KERNELS
-from pyro_vae.infer.schedules import SCHEDULES
+from pyro_vae.infer.schedules import FIXED_SCHEDULES, SCHEDULES
 from pyro_vae.memory import keep_freed_memory
 from pyro_vae.models import model_class
 from pyro_vae.models.code_priors import CODE_PRIOR_HELP, check_code_prior_spec
@@ -730,7 +730,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from pyro_vae.cli.posthoc import plot_run
 
-    for path in plot_run(args.run_dir, args.data_dir, args.checkpoint, args.out, args.device):
+    for path in plot_run(
+        args.run_dir, args.data_dir, args.checkpoint, args.out, args.device, args.temperature
+    ):
         print(path)
 
 
@@ -770,6 +772,14 @@ def add_posthoc_commands(commands) -> None:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="regenerate a run's figures")
     plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=1.0,
+        metavar="T",
+        help="a VQ-VAE's fitted code priors sampled with their logits divided by T "
+        "(samples-NAME-tT.png; T < 1: sharper, less varied; default 1, the fitted prior)",
+    )
     for sub in (evaluate, plot):
         sub.add_argument("--data-dir", default=None, help="override the run's data folder")
         add_device_argument(sub)
@@ -813,6 +823,12 @@ def add_fit_prior_command(commands) -> None:
         "--batch-size", type=positive_int, default=128, help="code grids per gradient step"
     )
     fit_prior.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
+    fit_prior.add_argument(
+        "--lr-schedule",
+        choices=FIXED_SCHEDULES,
+        default="constant",
+        help="the learning rate over the epochs: constant, cosine (to 0 at --epochs) or burda",
+    )
     fit_prior.add_argument("--seed", type=seed_int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
@@ -835,6 +851,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
         lr=args.lr,
         seed=args.seed,
         quiet=args.quiet,
+        lr_schedule=args.lr_schedule,
     )
     print(prior_table(args.run_dir))
 

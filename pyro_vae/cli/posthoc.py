@@ -173,10 +173,11 @@ def plot_run(
     checkpoint: str = "last",
     out: str | Path | None = None,
     device: str = "cpu",
+    temperature: float = 1.0,
 ) -> list[Path]:
     """Regenerate every figure of a run into its ``figures/`` folder (``figures-best/`` for the
     ``best.pt`` checkpoint), or into ``out/figures[-best]`` when ``out`` is given; the model
-    runs on ``device``."""
+    runs on ``device``; a VQ-VAE's fitted priors are sampled at ``temperature``."""
     name = "figures" if checkpoint == "last" else f"figures-{checkpoint}"
     folder = results_folder(run_dir, out, f"{name}/") / name
     vae, data, _ = load_run(run_dir, data_dir, checkpoint, device)
@@ -184,14 +185,19 @@ def plot_run(
     paths = write_figures(
         vae, data.test, run.read_metrics(), folder, data.image_shape, data.test_labels
     )
-    return paths + fitted_prior_samples(vae, run_dir, folder, data.image_shape)
+    return paths + fitted_prior_samples(vae, run_dir, folder, data.image_shape, temperature)
 
 
 def fitted_prior_samples(
-    vae: LatentModel, run_dir: str | Path, folder: Path, image_shape: tuple[int, int]
+    vae: LatentModel,
+    run_dir: str | Path,
+    folder: Path,
+    image_shape: tuple[int, int],
+    temperature: float = 1.0,
 ) -> list[Path]:
     """``samples-NAME.png`` for every prior fitted to a VQ-VAE run (priors of your own, which
-    need their module, are left out); [] for any other run."""
+    need their module, are left out), ``samples-NAME-tT.png`` at a ``temperature`` T != 1;
+    [] for any other run."""
     from pyro_vae.models.vqvae import VQVAE
     from pyro_vae.runs.code_prior import fitted_priors, plot_prior_samples, with_fitted_prior
 
@@ -202,7 +208,10 @@ def fitted_prior_samples(
         if load_tensors(Path(run_dir) / "priors" / name / "prior.pt")["spec"] == "custom":
             continue
         with_fitted_prior(vae, run_dir, name)
-        plot_prior_samples(vae, folder / f"samples-{name}.png", image_shape)
-        paths.append(folder / f"samples-{name}.png")
+        path = folder / (
+            f"samples-{name}.png" if temperature == 1 else f"samples-{name}-t{temperature:g}.png"
+        )
+        plot_prior_samples(vae, path, image_shape, temperature)
+        paths.append(path)
     vae.prior = uniform
     return paths

@@ -113,10 +113,21 @@ def plot_reconstructions(
     _save_grid(grid, "test images (odd rows) and their reconstructions (even rows)", path)
 
 
-def plot_samples(vae: LatentModel, path: Path, image_shape: Sequence[int], n: int = 8) -> None:
-    """An n x n grid of p(x|z) means for z ~ p(z)."""
-    grid = image_grid(vae.sample(n * n).cpu(), rows=n, image_shape=image_shape)
-    _save_grid(grid, "samples: mean of p(x|z), z ~ p(z)", path)
+def plot_samples(
+    vae: LatentModel,
+    path: Path,
+    image_shape: Sequence[int],
+    n: int = 8,
+    temperature: float = 1.0,
+) -> None:
+    """An n x n grid of p(x|z) means for z ~ p(z) (a VQ-VAE's code prior at ``temperature``
+    when it is not 1)."""
+    if temperature == 1:
+        x, title = vae.sample(n * n), "samples: mean of p(x|z), z ~ p(z)"
+    else:
+        x = vae.sample(n * n, temperature=temperature)
+        title = f"samples: mean of p(x|z), z ~ p(z) at temperature {temperature:g}"
+    _save_grid(image_grid(x.cpu(), rows=n, image_shape=image_shape), title, path)
 
 
 LONG_RUN = 50  # epochs above which curves lose their markers and the epoch axis turns log-scale

@@ -19,9 +19,11 @@ import math
 import torch
 from torch.optim import lr_scheduler
 
-__all__ = ["SCHEDULES", "PLATEAU_PATIENCE", "burda_factor", "EpochSchedule"]
+__all__ = ["SCHEDULES", "FIXED_SCHEDULES", "PLATEAU_PATIENCE", "burda_factor", "EpochSchedule"]
 
 SCHEDULES = ("constant", "burda", "cosine", "plateau")
+#: The schedules that follow the epoch count alone (plateau watches a validation ELBO).
+FIXED_SCHEDULES = ("constant", "burda", "cosine")
 PLATEAU_PATIENCE = 10
 BURDA_STAGES = 8  # i = 0..7
 

@@ -6,6 +6,9 @@ A code prior is an ``nn.Module`` whose ``forward()`` (no arguments) returns a di
 grids of code indices: event shape ``(G,)`` (the G = h * w grid positions in raster order), empty
 batch shape, values integers in [0, K). ``log_prob(k)`` must accept k of shape (..., G) and return
 shape (...); ``sample(shape)`` is only used for pictures. Its parameters are model-side (theta).
+``forward(temperature=T)`` may also be accepted (all built-in priors do): the same prior with its
+logits divided by T, for sampling sharper (T < 1) or more varied (T > 1) grids; the bound and
+every fit use T = 1, and asking a prior without the parameter for T != 1 is a clear error.
 The VQ-VAE wraps it in :class:`CodeVectors`, which puts the same probabilities on the code
 vectors, so that the model's latent site can carry the straight-through gradient
 (:mod:`pyro_vae.models.vqvae`).
@@ -33,6 +36,9 @@ may define ``fit_exact(grids)`` (grids: the training set's code grids, (N, G)); 
 then calls it once instead of taking gradient steps.
 """
 
+import inspect
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -49,6 +55,7 @@ __all__ = [
     "CategoricalCodePrior",
     "TransformerCodePrior",
     "AutoregressiveCodes",
+    "tempered",
     "check_code_prior_spec",
     "CODE_PRIORS",
     "CODE_PRIOR_CONTEXT",
@@ -85,6 +92,11 @@ class CodeVectors(dist.TorchDistribution):
         return self.codebook.lookup(self.indices.sample(sample_shape))
 
 
+def _positionwise(logits: torch.Tensor, temperature: float) -> dist.TorchDistribution:
+    """Independent categoricals per position with ``logits`` (G, K) divided by ``temperature``."""
+    return dist.Categorical(logits=logits / _checked_temperature(temperature)).to_event(1)
+
+
 class UniformCodePrior(nn.Module):
     """p(k) = K^-G: every grid of codes equally likely; log p(k) = -G log K."""
 
@@ -92,8 +104,8 @@ class UniformCodePrior(nn.Module):
         super().__init__()
         self.register_buffer("logits", torch.zeros(num_positions, num_codes))
 
-    def forward(self) -> dist.TorchDistribution:
-        return dist.Categorical(logits=self.logits).to_event(1)
+    def forward(self, temperature: float = 1.0) -> dist.TorchDistribution:
+        return _positionwise(self.logits, temperature)
 
 
 class CategoricalCodePrior(nn.Module):
@@ -113,8 +125,8 @@ class CategoricalCodePrior(nn.Module):
         self.smoothing = smoothing
         self.logits = nn.Parameter(torch.zeros(num_positions, num_codes))
 
-    def forward(self) -> dist.TorchDistribution:
-        return dist.Categorical(logits=self.logits).to_event(1)
+    def forward(self, temperature: float = 1.0) -> dist.TorchDistribution:
+        return _positionwise(self.logits, temperature)
 
     @torch.no_grad()
     def fit_exact(self, grids: torch.Tensor) -> None:
@@ -161,31 +173,38 @@ class TransformerCodePrior(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def logits(self, k: torch.Tensor) -> torch.Tensor:
-        """Logits of p(k_i | k_<i) for every position, shape (..., G, K), from k (..., G)."""
-        flat = k.reshape(-1, self.num_positions)
+        """Logits of p(k_i | k_<i) for every position, shape (..., L, K), from k (..., L):
+        the whole grid (L = G) or its first L positions (the causal mask makes position i's
+        logits depend on k_<i alone, so a prefix gives the same logits as the grid)."""
+        length = k.shape[-1]
+        flat = k.reshape(-1, length)
         start = torch.full_like(flat[:, :1], self.num_codes)
-        h = self.tokens(torch.cat([start, flat[:, :-1]], 1)) + self.positions
-        h = self.body(h, mask=self.causal_mask, is_causal=True)
+        h = self.tokens(torch.cat([start, flat[:, :-1]], 1)) + self.positions[:length]
+        h = self.body(h, mask=self.causal_mask[:length, :length], is_causal=True)
         return self.head(h).reshape(*k.shape, self.num_codes)
 
-    def forward(self) -> "AutoregressiveCodes":
-        return AutoregressiveCodes(self)
+    def forward(self, temperature: float = 1.0) -> "AutoregressiveCodes":
+        return AutoregressiveCodes(self, temperature)
 
 
 class AutoregressiveCodes(dist.TorchDistribution):
-    """The distribution of a :class:`TransformerCodePrior`: one network pass scores a grid;
-    sampling is ancestral, G passes."""
+    """The distribution of a :class:`TransformerCodePrior` at ``temperature`` T: every
+    conditional p(k_i | k_<i) with its logits divided by T (T = 1: the fitted prior, the one
+    the bound uses; T < 1: sharper conditionals). One network pass scores a grid; sampling is
+    ancestral, position by position, each pass over the prefix drawn so far."""
 
     arg_constraints: dict = {}
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, prior: TransformerCodePrior, validate_args=None) -> None:
-        self.prior = prior
+    def __init__(
+        self, prior: TransformerCodePrior, temperature: float = 1.0, validate_args=None
+    ) -> None:
+        self.prior, self.temperature = prior, _checked_temperature(temperature)
         super().__init__(torch.Size(), (prior.num_positions,), validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        logits = self.prior.logits(value)  # cross_entropy: Categorical's log_prob, 3x faster
-        nll = F.cross_entropy(
+        logits = self.prior.logits(value) / self.temperature
+        nll = F.cross_entropy(  # Categorical's log_prob, 3x faster
             logits.reshape(-1, logits.shape[-1]), value.reshape(-1), reduction="none"
         )
         return -nll.reshape(value.shape).sum(-1)
@@ -196,8 +215,28 @@ class AutoregressiveCodes(dist.TorchDistribution):
         device = self.prior.head.weight.device
         k = torch.zeros(n, self.prior.num_positions, dtype=torch.long, device=device)
         for i in range(self.prior.num_positions):
-            k[:, i] = dist.Categorical(logits=self.prior.logits(k)[:, i]).sample()
+            logits = self.prior.logits(k[:, : i + 1])[:, i] / self.temperature
+            k[:, i] = dist.Categorical(logits=logits).sample()
         return k.reshape(*sample_shape, self.prior.num_positions)
+
+
+def tempered(prior: nn.Module, temperature: float = 1.0) -> dist.TorchDistribution:
+    """The distribution of code prior ``prior`` at ``temperature`` (``prior()`` at T = 1)."""
+    if temperature == 1:
+        return prior()
+    _checked_temperature(temperature)
+    if "temperature" not in inspect.signature(prior.forward).parameters:
+        raise UserError(
+            f"the code prior {type(prior).__name__} takes no temperature (its forward() has no "
+            "temperature parameter): sample it at temperature 1"
+        )
+    return prior(temperature=temperature)
+
+
+def _checked_temperature(temperature: float) -> float:
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise UserError(f"a temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
 
 
 #: The built-in code priors by ``fit-prior --prior`` name, and what their constructors are given.

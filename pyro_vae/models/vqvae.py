@@ -42,7 +42,7 @@ from torch import nn
 
 from pyro_vae.errors import UserError
 from pyro_vae.models.base import LatentModel, refuse_flags
-from pyro_vae.models.code_priors import CodeVectors, UniformCodePrior
+from pyro_vae.models.code_priors import CodeVectors, UniformCodePrior, tempered
 from pyro_vae.models.codebook import Codebook
 from pyro_vae.models.corruption import Corruption
 from pyro_vae.models.likelihoods import make_likelihood
@@ -275,7 +275,9 @@ class VQVAE(LatentModel):
         return self.codebook.lookup(self.code_indices(x))
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> torch.Tensor:
-        """Means of p(x | z_q) for code grids drawn from the prior, shape (num_samples, D_x)."""
-        k = self.prior().sample((num_samples,))
+    def sample(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
+        """Means of p(x | z_q) for code grids drawn from the prior, shape (num_samples, D_x);
+        ``temperature`` T != 1: from the prior with its logits divided by T (T < 1: sharper
+        grids; see :mod:`pyro_vae.models.code_priors`)."""
+        k = tempered(self.prior, temperature).sample((num_samples,))
         return self.decode_mean(self.codebook.lookup(k))

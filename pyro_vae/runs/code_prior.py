@@ -44,6 +44,7 @@ from pyro_vae.devices import forked_rng
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.evaluation.figures import plot_samples
+from pyro_vae.infer.schedules import FIXED_SCHEDULES, EpochSchedule
 from pyro_vae.models.base import LatentModel
 from pyro_vae.models.code_priors import UniformCodePrior, check_code_prior_spec, make_code_prior
 from pyro_vae.models.vqvae import VQVAE
@@ -105,6 +106,10 @@ class TrainingCodes:
         return self._cached[1]
 
 
+#: What a checkpoint made before a setting existed was made with.
+CHECKPOINT_DEFAULTS = {"lr_schedule": "constant"}
+
+
 def _seed(seed: int, index: int) -> int:
     """The seed of draw or shuffle ``index`` of a fit seeded by ``seed``."""
     return seed * 1_000_003 + index
@@ -132,14 +137,17 @@ def fit_code_prior(
     data_dir: str | None = None,
     quiet: bool = False,
     device: str = "cpu",
+    lr_schedule: str = "constant",
 ) -> dict:
     """Fit a code prior to the VQ-VAE of ``run_dir``; returns its ``eval.json`` record.
 
     ``spec``: a built-in prior (:mod:`pyro_vae.models.code_priors`); or ``prior``: a module of
     your own that follows the code-prior protocol, saved under ``name`` (default ``custom``).
-    ``device``: where the VQ-VAE and the prior run (``cuda``: the GPU).
+    ``device``: where the VQ-VAE and the prior run (``cuda``: the GPU); ``lr_schedule``:
+    ``constant``, ``cosine`` or ``burda`` over the epochs (:mod:`pyro_vae.infer.schedules`).
     """
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet)
+    settings["lr_schedule"] = lr_schedule
     return fit_code_priors(run_dir, [spec], data_dir, device, prior, name, **settings)[0]
 
 
@@ -155,12 +163,16 @@ def fit_code_priors(
     lr: float = 1e-3,
     seed: int = 0,
     quiet: bool = False,
+    lr_schedule: str = "constant",
 ) -> list[dict]:
     """Fit the priors of ``specs`` one after the other to the VQ-VAE of ``run_dir`` (loaded
     once; the training codes shared, see :class:`TrainingCodes`); each is saved when done.
     ``prior``: one module of your own instead of specs; ``name``: the folder of a single prior
     (default: from its spec, ``custom`` for a module); the rest as :func:`fit_code_prior`."""
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet)
+    if lr_schedule not in FIXED_SCHEDULES:  # plateau needs a validation ELBO: a fit has none
+        raise UserError(f"--lr-schedule must be one of {', '.join(FIXED_SCHEDULES)}")
+    settings["lr_schedule"] = lr_schedule
     for flag in ("epochs", "batch_size", "lr"):
         if not settings[flag] > 0:
             option = "--" + flag.replace("_", "-")
@@ -222,6 +234,7 @@ class _PriorFit:
             "lr": settings["lr"],
             "seed": settings["seed"],
             "stage1_epoch": stage1_epoch,
+            "lr_schedule": settings["lr_schedule"],
         }
 
     def say(self, text: str) -> None:
@@ -260,7 +273,8 @@ class _PriorFit:
         checkpointed after each epoch and resumed from the checkpoint when it matches."""
         s = self.settings
         optimizer = torch.optim.Adam(self.prior.parameters(), lr=s["lr"])
-        rows = self._resume(optimizer)
+        schedule = EpochSchedule(s["lr_schedule"], [optimizer], s["epochs"])
+        rows = self._resume(optimizer, schedule)
         device = test_grids.device
         for epoch in range(len(rows) + 1, s["epochs"] + 1):
             start = time.perf_counter()
@@ -290,32 +304,46 @@ class _PriorFit:
             row = {"epoch": epoch, "train_code_nll": total / len(grids)}
             row["seconds"] = time.perf_counter() - start
             row["test_code_nll"] = _code_nll(self.prior, test_grids)
+            row["lr"] = schedule.lr()
+            schedule.step()
             rows.append(row)
             state = {**self.key, "state": self.prior.state_dict(), "rows": rows}
-            write_torch(self.checkpoint, {**state, "optimizer": optimizer.state_dict()})
+            state |= {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+            write_torch(self.checkpoint, state)
             write_file(self.folder / "metrics.csv", _csv(rows))
             self._report(row, s["epochs"])
         return rows
 
-    def _resume(self, optimizer: torch.optim.Optimizer) -> list[dict]:
-        """The rows of the epochs ``checkpoint.pt`` holds (its prior and Adam's state loaded),
-        or [] when there is none or it was made with other settings."""
+    def _resume(self, optimizer: torch.optim.Optimizer, schedule: EpochSchedule) -> list[dict]:
+        """The rows of the epochs ``checkpoint.pt`` holds (its prior, Adam's and the schedule's
+        state loaded), or [] when there is none or it was made with other settings."""
         if not self.checkpoint.is_file():
             return []
         saved = load_tensors(self.checkpoint)
-        if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in self.key.items()):
+        if not isinstance(saved, dict) or any(
+            saved.get(k, CHECKPOINT_DEFAULTS.get(k)) != v for k, v in self.key.items()
+        ):
             self.say(f"{self.checkpoint} was made with other settings; fitting afresh")
             return []
-        if len(saved["rows"]) > self.settings["epochs"]:
-            self.say(
-                f"{self.checkpoint} holds more than {self.settings['epochs']} epochs; "
-                "fitting afresh"
-            )
-            return []
-        self.prior.load_state_dict(saved["state"])
-        optimizer.load_state_dict(saved["optimizer"])
-        self.say(f"resuming after epoch {len(saved['rows'])} from {self.checkpoint}")
-        return list(saved["rows"])
+        try:
+            rows = [dict(row) for row in saved["rows"]]
+            if len(rows) > self.settings["epochs"]:
+                self.say(
+                    f"{self.checkpoint} holds more than {self.settings['epochs']} epochs; "
+                    "fitting afresh"
+                )
+                return []
+            self.prior.load_state_dict(saved["state"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved.get("schedule", []))
+        except Exception as exc:  # a damaged or foreign file: say so, keep it, fit nothing
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"{self.checkpoint} cannot be resumed ({type(exc).__name__}: {first_line}); "
+                "move it away to fit afresh"
+            ) from None
+        self.say(f"resuming after epoch {len(rows)} from {self.checkpoint}")
+        return rows
 
     def _report(self, row: dict, epochs: int) -> None:
         self.say(
@@ -356,18 +384,20 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def plot_prior_samples(model: VQVAE, path: Path, image_shape) -> None:
-    """Samples of ``model`` under its current prior, decoded, drawn with the fixed seed 0."""
+def plot_prior_samples(model: VQVAE, path: Path, image_shape, temperature: float = 1.0) -> None:
+    """Samples of ``model`` under its current prior (at ``temperature``), decoded, drawn with
+    the fixed seed 0."""
     with forked_rng(_device(model)):
         torch.manual_seed(0)
         was_training = model.training
-        plot_samples(model.eval(), path, image_shape)
+        plot_samples(model.eval(), path, image_shape, temperature=temperature)
         model.train(was_training)
 
 
 def _csv(rows: list[dict]) -> str:
+    """``rows`` as CSV; a column that older rows lack (a resumed fit's ``lr``) is left empty."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
