@@ -619,6 +619,27 @@ def test_the_training_codes_are_encoded_once_per_binarization_draw(
     assert sizes == [60] + [200] * encodings
 
 
+def test_a_prior_fitted_to_the_grey_images_codes_encodes_them_once(vq_run, tmp_path, monkeypatch):
+    """``train_codes="grey"``: the codes of the training images' grey levels (what a dynamic
+    run keeps; every draw binarizes them), one encoding for every epoch, saved as NAME-grey."""
+    import pyro_vae.runs.code_prior as stage2
+    from pyro_vae import load_run
+
+    run = copy_run(vq_run, tmp_path, binarize="dynamic")
+    seen = []
+    real = stage2.code_grids
+    monkeypatch.setattr(
+        stage2, "code_grids", lambda model, x, *a, **k: seen.append(x) or real(model, x, *a, **k)
+    )
+    result = fit_code_prior(run, "transformer:1", epochs=3, train_codes="grey", quiet=True)
+    assert result["prior"] == "transformer-1-grey" and result["train_codes"] == "grey"
+    _, data, _ = load_run(run)
+    assert len(seen) == 2 and torch.equal(seen[1], data.train)  # the test set, then grey once
+    assert not torch.equal(data.train, data.train.round())  # grey levels, not a draw
+    with pytest.raises(UserError, match="keeps no grey training images"):
+        fit_code_prior(vq_run, "transformer:1", train_codes="grey", quiet=True)
+
+
 def test_load_vae_gives_the_vqvae_with_a_fitted_prior_and_plot_draws_from_each(vq_run, tmp_path):
     from pyro_vae import load_vae
 

@@ -829,6 +829,13 @@ def add_fit_prior_command(commands) -> None:
         default="constant",
         help="the learning rate over the epochs: constant, cosine (to 0 at --epochs) or burda",
     )
+    fit_prior.add_argument(
+        "--train-codes",
+        choices=("binarized", "grey"),
+        default="binarized",
+        help="fit to the codes of the training images as stage 1 saw them (binarized), or of "
+        "their grey levels (codes without binarization noise; saved as NAME-grey)",
+    )
     fit_prior.add_argument("--seed", type=seed_int, default=0, help="seeds the prior's training")
     fit_prior.add_argument("--data-dir", default=None, help="override the run's data folder")
     add_device_argument(fit_prior)
@@ -852,6 +859,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
         seed=args.seed,
         quiet=args.quiet,
         lr_schedule=args.lr_schedule,
+        train_codes=args.train_codes,
     )
     print(prior_table(args.run_dir))
 

@@ -87,27 +87,35 @@ class TrainingCodes:
     Draw ``e`` (0, 1, ...) of a dynamically binarized training set is made from a generator
     seeded by (``seed``, e), so it is the same for every prior fitted with that seed, and the
     last draw's grids are kept for the next prior; with a fixed draw (static binarization or
-    none) the training set is encoded once.
+    none) the training set is encoded once. ``grey``: the codes of the training images' grey
+    levels instead of binarized draws (one fixed draw; a dynamically binarized run keeps them).
     """
 
-    def __init__(self, model: VQVAE, data, device: torch.device, seed: int) -> None:
+    def __init__(
+        self, model: VQVAE, data, device: torch.device, seed: int, grey: bool = False
+    ) -> None:
         self.model, self.data, self.device, self.seed = model, data, device, seed
+        self.grey = grey
         self._cached: tuple[int, torch.Tensor] | None = None
         self.encodings = 0  # how many times the training set was encoded (for tests)
 
     def grids(self, draw: int, label: str | None = None) -> torch.Tensor:
         """The grids of draw ``draw`` (any draw when the draw is fixed)."""
-        key = draw if self.data.binarize == "dynamic" else 0
+        key = draw if self.data.binarize == "dynamic" and not self.grey else 0
         if self._cached is None or self._cached[0] != key:
             generator = torch.Generator().manual_seed(_seed(self.seed, key))
-            x = self.data.train_epoch(generator).to(self.device)
+            x = self.data.train if self.grey else self.data.train_epoch(generator)
+            x = x.to(self.device)
             self._cached = (key, code_grids(self.model, x, progress=label))
             self.encodings += 1
         return self._cached[1]
 
 
 #: What a checkpoint made before a setting existed was made with.
-CHECKPOINT_DEFAULTS = {"lr_schedule": "constant"}
+CHECKPOINT_DEFAULTS = {"lr_schedule": "constant", "train_codes": "binarized"}
+#: Whose codes a prior is fitted to: the training images as stage 1 saw them, or their grey
+#: levels (codes without the binarization's noise; see :class:`TrainingCodes`).
+TRAIN_CODES = ("binarized", "grey")
 
 
 def _seed(seed: int, index: int) -> int:
@@ -138,16 +146,19 @@ def fit_code_prior(
     quiet: bool = False,
     device: str = "cpu",
     lr_schedule: str = "constant",
+    train_codes: str = "binarized",
 ) -> dict:
     """Fit a code prior to the VQ-VAE of ``run_dir``; returns its ``eval.json`` record.
 
     ``spec``: a built-in prior (:mod:`pyro_vae.models.code_priors`); or ``prior``: a module of
     your own that follows the code-prior protocol, saved under ``name`` (default ``custom``).
     ``device``: where the VQ-VAE and the prior run (``cuda``: the GPU); ``lr_schedule``:
-    ``constant``, ``cosine`` or ``burda`` over the epochs (:mod:`pyro_vae.infer.schedules`).
+    ``constant``, ``cosine`` or ``burda`` over the epochs (:mod:`pyro_vae.infer.schedules`);
+    ``train_codes``: ``binarized`` (the training images as stage 1 saw them) or ``grey`` (the
+    codes of their grey levels, without binarization noise; saved as ``NAME-grey``).
     """
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet)
-    settings["lr_schedule"] = lr_schedule
+    settings |= {"lr_schedule": lr_schedule, "train_codes": train_codes}
     return fit_code_priors(run_dir, [spec], data_dir, device, prior, name, **settings)[0]
 
 
@@ -164,6 +175,7 @@ def fit_code_priors(
     seed: int = 0,
     quiet: bool = False,
     lr_schedule: str = "constant",
+    train_codes: str = "binarized",
 ) -> list[dict]:
     """Fit the priors of ``specs`` one after the other to the VQ-VAE of ``run_dir`` (loaded
     once; the training codes shared, see :class:`TrainingCodes`); each is saved when done.
@@ -173,22 +185,31 @@ def fit_code_priors(
     if lr_schedule not in FIXED_SCHEDULES:  # plateau needs a validation ELBO: a fit has none
         raise UserError(f"--lr-schedule must be one of {', '.join(FIXED_SCHEDULES)}")
     settings["lr_schedule"] = lr_schedule
+    if train_codes not in TRAIN_CODES:
+        raise UserError(f"--train-codes must be one of {', '.join(TRAIN_CODES)}")
+    settings["train_codes"] = train_codes
     for flag in ("epochs", "batch_size", "lr"):
         if not settings[flag] > 0:
             option = "--" + flag.replace("_", "-")
             raise UserError(f"{option} must be positive (got {settings[flag]})")
     if name is not None and prior is None and len(specs) != 1:
         raise UserError("a name is for one prior; several are saved under their specs' names")
+    suffix = "-grey" if train_codes == "grey" else ""
     if prior is None:
-        jobs = [_job(spec, None, name) for spec in specs]
+        jobs = [_job(spec, None, name, suffix) for spec in specs]
     else:
-        jobs = [_job("custom", prior, name)]
+        jobs = [_job("custom", prior, name, suffix)]
     model, data, stage1_epoch = load_run(run_dir, data_dir, device=device)
     if not isinstance(model, VQVAE):
         raise UserError(f"{run_dir} holds a {type(model).__name__}; fit-prior needs a VQ-VAE run")
+    if train_codes == "grey" and data.binarize == "static":
+        raise UserError(
+            f"{run_dir} was trained on one fixed binarization (--binarize static) and keeps no "
+            "grey training images: --train-codes grey needs a dynamic or none run"
+        )
     device = next(model.parameters()).device
     test_grids = code_grids(model, data.test.to(device))
-    codes = TrainingCodes(model, data, device, settings["seed"])
+    codes = TrainingCodes(model, data, device, settings["seed"], grey=train_codes == "grey")
     results = []
     for spec, module, folder_name in jobs:
         torch.manual_seed(settings["seed"])
@@ -199,14 +220,15 @@ def fit_code_priors(
     return results
 
 
-def _job(spec: str, prior: nn.Module | None, name: str | None) -> tuple:
-    """(spec, module or None, folder name) of one prior to fit, its name checked."""
+def _job(spec: str, prior: nn.Module | None, name: str | None, suffix: str = "") -> tuple:
+    """(spec, module or None, folder name) of one prior to fit, its name checked; ``suffix``
+    goes after a name made from the spec (``-grey``: fitted to the grey images' codes)."""
     if prior is None:
         spec = absolute_file_spec(spec)  # prior.pt records it: reloads from any folder
         check_code_prior_spec(spec)  # a bad spec is a UserError before anything is loaded
-        name = name or _folder_name(spec)
+        name = name or _folder_name(spec) + suffix
     else:
-        name = name or "custom"
+        name = name or "custom" + suffix
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(
             f"a prior's name must be a plain folder name (letters, digits, ._-): {name!r}"
@@ -235,6 +257,7 @@ class _PriorFit:
             "seed": settings["seed"],
             "stage1_epoch": stage1_epoch,
             "lr_schedule": settings["lr_schedule"],
+            "train_codes": settings["train_codes"],
         }
 
     def say(self, text: str) -> None:
@@ -365,6 +388,7 @@ class _PriorFit:
             "spec": self.spec,
             "run": str(self.run_dir),
             "stage1_epoch": self.stage1_epoch,
+            "train_codes": self.settings["train_codes"],
             "epochs": len(rows),
             "num_test": int(data.test.shape[0]),
             "test_bound": bound["elbo"],
