@@ -8,7 +8,8 @@ prior, see ``pyro-vae fit-prior``):
 Images are the means of p(x | z) (what ``pyro-vae plot`` shows); real test images are given
 both as MNIST stores them (grey) and binarized once, as the runs' test sets are.
 ``--temperatures 1 0.8`` samples each fitted code prior at each temperature (logits divided by
-T: T < 1 trades variety for sharper grids; the bounds are those of T = 1). Prints a table;
+T: T < 1 trades variety for sharper grids; the bounds are those of T = 1); ``--priors NAME...``
+scores only those fitted priors. Prints a table;
 ``--out FILE`` also writes it as JSON.
 """
 
@@ -30,17 +31,26 @@ from pyro_vae.runs.folder import Run
 
 
 def run_rows(
-    run_dir: str, count: int, temperatures: tuple[float, ...] = (1.0,)
+    run_dir: str,
+    count: int,
+    temperatures: tuple[float, ...] = (1.0,),
+    only: tuple[str, ...] | None = None,
 ) -> tuple[list[tuple[str, torch.Tensor]], str | None]:
     """(label, images) of one run: its reconstructions of the first ``count`` test images and
-    ``count`` samples per prior (a fitted code prior: per temperature of ``temperatures``); and
-    the data folder it was trained on."""
+    ``count`` samples per prior (a fitted code prior: per temperature of ``temperatures``;
+    ``only``: these fitted priors alone); and the data folder it was trained on."""
     model, data, epoch = load_run(run_dir)
     name = f"{Path(run_dir).name} ({type(model).__name__}, epoch {epoch})"
     if data.frame_dim != 784:
         raise UserError(f"{run_dir} is not a model of 28x28 images")
     rows = [(f"{name}: reconstructions", model.reconstruct(data.test[:count]))]
     priors = fitted_priors(run_dir)
+    if only is not None and priors:
+        if missing := [name for name in only if name not in priors]:
+            raise UserError(
+                f"{run_dir} has no fitted prior {missing[0]!r} (fitted: {', '.join(priors)})"
+            )
+        priors = list(only)
     for prior in priors or [None]:
         if prior is not None:
             model = with_fitted_prior(model, run_dir, prior)
@@ -71,6 +81,13 @@ def main() -> None:
         metavar="T",
         help="sample each fitted code prior at these temperatures (logits / T; default 1)",
     )
+    parser.add_argument(
+        "--priors",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="score these fitted code priors of a VQ-VAE run only (default: every one)",
+    )
     parser.add_argument("--out", default=None, help="also write the scores as JSON here")
     args = parser.parse_args()
 
@@ -81,7 +98,8 @@ def main() -> None:
             raise UserError(f"--temperatures must be positive numbers, got {args.temperatures}")
         model_rows, data_dir = [], args.data_dir
         for run_dir in args.run_dirs:
-            rows, recorded = run_rows(run_dir, args.count, tuple(args.temperatures))
+            only = tuple(args.priors) if args.priors else None
+            rows, recorded = run_rows(run_dir, args.count, tuple(args.temperatures), only)
             model_rows += rows
             data_dir = data_dir or recorded
         real = load_images("mnist", train=False, data_dir=data_dir)[: args.count]

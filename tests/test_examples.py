@@ -157,3 +157,21 @@ def test_sample_quality_example_scores_each_prior_and_real_digits(
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     bad = run_example("sample_quality.py", str(run), "--temperatures", "0")
     assert bad.returncode == 2 and "--temperatures" in bad.stderr, bad.stderr
+    bad = run_example(
+        "sample_quality.py", str(run), "--priors", "pixelcnn", env_data_dir=fake_data_dir
+    )
+    assert bad.returncode == 2 and "no fitted prior 'pixelcnn'" in bad.stderr, bad.stderr
+    one = run_example(
+        "sample_quality.py",
+        str(run),
+        "--count",
+        "20",
+        "--priors",
+        "categorical",
+        "--out",
+        str(out),
+        env_data_dir=fake_data_dir,
+    )
+    assert one.returncode == 0, one.stderr
+    samples = [label for label in json.loads(out.read_text()) if "samples" in label]
+    assert samples and all(label.endswith("categorical prior") for label in samples), samples

@@ -142,3 +142,21 @@ def test_the_committed_vqvae_bound_recomputes_from_its_files(real_data_dir):
     committed = _prior_results()["transformer-4"]
     assert bound["elbo"] == pytest.approx(committed["test_bound"], abs=0.01)
     assert bound["kl"] == pytest.approx(committed["test_code_nll"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_two_binarizations_of_a_test_image_differ_in_a_third_of_their_codes(real_data_dir):
+    """docs/vqvae.md's reason for --train-codes grey: the codes of a binarized draw carry the
+    draw's noise (34% of positions differ between two draws of the same image)."""
+    from pyro_vae.data.images import load_images
+    from pyro_vae.runs.code_prior import code_grids
+
+    model, _, _ = load_run(VQVAE, str(real_data_dir))
+    grey = load_images("mnist", train=False, data_dir=str(real_data_dir))[:2000]
+    first, second = (
+        code_grids(model, torch.bernoulli(grey, generator=torch.Generator().manual_seed(seed)))
+        for seed in (1, 2)
+    )
+    differ = (first != second).float().mean().item()
+    assert 0.30 < differ < 0.38
+    assert "differ in 34% of" in (ROOT / "docs" / "vqvae.md").read_text()
