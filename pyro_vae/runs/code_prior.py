@@ -7,7 +7,10 @@ maximum likelihood, leaving the rest of the run untouched: in closed form when t
 -log p(k) over minibatches of grids. With dynamic binarization every epoch encodes a fresh
 binarization of the training images, as stage 1 saw them (draw e of seed s is the same for every
 prior, so priors fitted in one command share each draw's codes); with a fixed draw (``static``
-or ``none``) the training set is encoded once for all epochs and all priors.
+or ``none``) the training set is encoded once for all epochs and all priors. ``--train-codes
+grey`` fits to the codes of the training images' grey levels instead (encoded once): a binarized
+draw's codes carry the draw's noise, which a prior fitted to them reproduces in its samples.
+Adam's learning rate follows ``--lr-schedule`` (constant, cosine or burda over the epochs).
 
 A fit by gradient steps writes ``checkpoint.pt`` (the prior, Adam's state, the rows so far)
 after every epoch; the same command again continues from it (a killed fit loses at most an
