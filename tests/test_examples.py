@@ -132,20 +132,15 @@ def test_sample_quality_example_scores_each_prior_and_real_digits(
     assert done.returncode == 0, done.stderr
     out = tmp_path / "scores.json"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fake digits' classifier
-    proc = run_example(
-        "sample_quality.py",
-        str(run),
-        "--count",
-        "50",
-        "--temperatures",
-        "1",
-        "0.5",
-        "--out",
-        str(out),
-        env_data_dir=fake_data_dir,
-    )
-    assert proc.returncode == 0, proc.stderr
-    scores = json.loads(out.read_text())
+
+    def scored(*flags: str) -> dict:
+        proc = run_example(
+            "sample_quality.py", str(run), *flags, "--out", str(out), env_data_dir=fake_data_dir
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(out.read_text())
+
+    scores = scored("--count", "50", "--temperatures", "1", "0.5")
     labels = list(scores)
     assert labels[:2] == ["real test images (grey)", "real, binarized"]
     assert any("reconstructions" in label for label in labels)
@@ -161,17 +156,7 @@ def test_sample_quality_example_scores_each_prior_and_real_digits(
         "sample_quality.py", str(run), "--priors", "pixelcnn", env_data_dir=fake_data_dir
     )
     assert bad.returncode == 2 and "no fitted prior 'pixelcnn'" in bad.stderr, bad.stderr
-    one = run_example(
-        "sample_quality.py",
-        str(run),
-        "--count",
-        "20",
-        "--priors",
-        "categorical",
-        "--out",
-        str(out),
-        env_data_dir=fake_data_dir,
-    )
-    assert one.returncode == 0, one.stderr
-    samples = [label for label in json.loads(out.read_text()) if "samples" in label]
+    samples = [
+        label for label in scored("--count", "20", "--priors", "categorical") if "samples" in label
+    ]
     assert samples and all(label.endswith("categorical prior") for label in samples), samples

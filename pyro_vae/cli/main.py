@@ -32,6 +32,7 @@ from pyro_vae.models.likelihoods import (
 from pyro_vae.models.networks import ACTIVATIONS, ARCHS, check_network_spec
 from pyro_vae.models.priors import PRIOR_HELP, check_prior_spec
 from pyro_vae.plugins import from_run_folder, trusting
+from pyro_vae.runs.code_prior import TRAIN_CODES
 from pyro_vae.runs.config import ALGOS, PART_FIELDS, SEEDS, TrainConfig, check_parts
 from pyro_vae.runs.config_file import read_config_file
 from pyro_vae.runs.folder import CHECKPOINTS
@@ -831,7 +832,7 @@ def add_fit_prior_command(commands) -> None:
     )
     fit_prior.add_argument(
         "--train-codes",
-        choices=("binarized", "grey"),
+        choices=TRAIN_CODES,
         default="binarized",
         help="fit to the codes of the training images as stage 1 saw them (binarized), or of "
         "their grey levels (codes without binarization noise; saved as NAME-grey)",

@@ -66,6 +66,7 @@ __all__ = [
     "code_grids",
     "plot_prior_samples",
     "TrainingCodes",
+    "TRAIN_CODES",
 ]
 
 
@@ -106,8 +107,10 @@ class TrainingCodes:
         """The grids of draw ``draw`` (any draw when the draw is fixed)."""
         key = draw if self.data.binarize == "dynamic" and not self.grey else 0
         if self._cached is None or self._cached[0] != key:
-            generator = torch.Generator().manual_seed(_seed(self.seed, key))
-            x = self.data.train if self.grey else self.data.train_epoch(generator)
+            if self.grey:
+                x = self.data.train
+            else:
+                x = self.data.train_epoch(torch.Generator().manual_seed(_seed(self.seed, key)))
             x = x.to(self.device)
             self._cached = (key, code_grids(self.model, x, progress=label))
             self.encodings += 1
@@ -185,12 +188,12 @@ def fit_code_priors(
     ``prior``: one module of your own instead of specs; ``name``: the folder of a single prior
     (default: from its spec, ``custom`` for a module); the rest as :func:`fit_code_prior`."""
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet)
-    if lr_schedule not in FIXED_SCHEDULES:  # plateau needs a validation ELBO: a fit has none
-        raise UserError(f"--lr-schedule must be one of {', '.join(FIXED_SCHEDULES)}")
-    settings["lr_schedule"] = lr_schedule
-    if train_codes not in TRAIN_CODES:
-        raise UserError(f"--train-codes must be one of {', '.join(TRAIN_CODES)}")
-    settings["train_codes"] = train_codes
+    settings |= {"lr_schedule": lr_schedule, "train_codes": train_codes}
+    # plateau needs a validation ELBO: a fit has none
+    for flag, choices in (("lr_schedule", FIXED_SCHEDULES), ("train_codes", TRAIN_CODES)):
+        if settings[flag] not in choices:
+            option = "--" + flag.replace("_", "-")
+            raise UserError(f"{option} must be one of {', '.join(choices)}")
     for flag in ("epochs", "batch_size", "lr"):
         if not settings[flag] > 0:
             option = "--" + flag.replace("_", "-")
